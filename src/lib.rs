@@ -1,0 +1,1 @@
+//! NFS subdirectory provisioner: one directory on a mounted NFS export per claim.
