@@ -1,0 +1,213 @@
+//! The admin endpoint: `/healthz` (process alive), `/readyz` (watches synced and NFS root
+//! responding, naming the failing check) and `/metrics` (Prometheus/OpenMetrics text).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
+use crate::storage::NfsRoot;
+
+/// What `/readyz` reports.
+#[derive(Default)]
+pub struct Readiness {
+    watches_synced: AtomicBool,
+    nfs_root_problem: Mutex<Option<String>>,
+}
+
+impl Readiness {
+    pub fn set_watches_synced(&self) {
+        self.watches_synced.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_nfs_root(&self, problem: Option<String>) {
+        *self
+            .nfs_root_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = problem;
+    }
+
+    /// `Ok` when ready, otherwise every failing check, one a line.
+    pub fn check(&self) -> Result<(), String> {
+        let mut failing = Vec::new();
+        if !self.watches_synced.load(Ordering::SeqCst) {
+            failing.push(
+                "watches: initial list of claims, volumes and classes not complete".to_string(),
+            );
+        }
+        if let Some(problem) = self
+            .nfs_root_problem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            failing.push(format!("nfs-root: {problem}"));
+        }
+        if failing.is_empty() {
+            Ok(())
+        } else {
+            Err(failing.join("\n"))
+        }
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts")
+}
+
+fn route(path: &str, readiness: &Readiness, metrics: &Metrics) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    match path {
+        "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), PLAIN),
+        "/readyz" => match readiness.check() {
+            Ok(()) => text(StatusCode::OK, "ok\n".into(), PLAIN),
+            Err(failing) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{failing}\n"),
+                PLAIN,
+            ),
+        },
+        "/metrics" => text(
+            StatusCode::OK,
+            metrics.render(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), PLAIN),
+    }
+}
+
+/// Binds the admin address; the returned address is the one actually bound (port 0 picks one).
+pub async fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(address).await
+}
+
+/// Serves until `stop` fires.
+pub async fn serve(
+    listener: TcpListener,
+    readiness: Arc<Readiness>,
+    metrics: Metrics,
+    stop: CancellationToken,
+) {
+    if let Ok(addr) = listener.local_addr() {
+        info!(address = %addr, "admin endpoint listening");
+    }
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "admin endpoint accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let readiness = readiness.clone();
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let response = route(req.uri().path(), &readiness, &metrics);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Probes the NFS root every `every`, feeding readiness and metrics.
+pub async fn probe_nfs_root(
+    root: NfsRoot,
+    readiness: Arc<Readiness>,
+    metrics: Metrics,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        match root.probe().await {
+            Ok(latency) => {
+                metrics.nfs_root_healthy.set(1);
+                metrics.nfs_root_probe_seconds.set(latency.as_secs_f64());
+                readiness.set_nfs_root(None);
+            }
+            Err(e) => {
+                metrics.nfs_root_healthy.set(0);
+                warn!(error = %e, "NFS root probe failed");
+                readiness.set_nfs_root(Some(e.to_string()));
+            }
+        }
+        metrics
+            .nfs_stuck_operations
+            .set(root.stuck_operations() as i64);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_names_each_failing_check() {
+        let r = Readiness::default();
+        let err = r.check().unwrap_err();
+        assert!(err.contains("watches"), "{err}");
+        r.set_watches_synced();
+        assert!(r.check().is_ok());
+        r.set_nfs_root(Some("NFS root not responding".into()));
+        let err = r.check().unwrap_err();
+        assert!(
+            err.starts_with("nfs-root: NFS root not responding"),
+            "{err}"
+        );
+        let resp = route("/readyz", &r, &Metrics::new());
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            route("/healthz", &r, &Metrics::new()).status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            route("/nope", &r, &Metrics::new()).status(),
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn metrics_are_prometheus_text() {
+        let m = Metrics::new();
+        m.provisioned("fast", "success", Some(Duration::from_millis(20)));
+        let body = m.render();
+        assert!(body.contains("nfs_provisioner_provision_operations_total{storage_class=\"fast\",result=\"success\"} 1"), "{body}");
+        assert!(
+            body.contains(
+                "nfs_provisioner_provision_duration_seconds_count{storage_class=\"fast\"} 1"
+            ),
+            "{body}"
+        );
+        assert!(body.contains("nfs_provisioner_build_info"), "{body}");
+    }
+}

@@ -1,0 +1,251 @@
+//! Wires the parts together for one process: NFS root, watches, admin endpoint, leader
+//! election, workers, and the shutdown sequence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::Client;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, Readiness};
+use crate::config::Settings;
+use crate::controller::{self, Context, EventPublisher, Watches, WorkItem, queue::WorkQueue};
+use crate::leader::LeaseLock;
+use crate::metrics::Metrics;
+use crate::planning::ExportPath;
+use crate::storage::{NfsRoot, StorageOptions};
+
+/// Why the process could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("NFS root {path}: {source}")]
+    NfsRoot {
+        path: String,
+        #[source]
+        source: crate::storage::StorageError,
+    },
+    #[error("admin endpoint {address}: {source}")]
+    Admin {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Handles a caller keeps to observe a running provisioner (tests, benchmark).
+#[derive(Clone)]
+pub struct Observers {
+    pub metrics: Metrics,
+    pub readiness: Arc<Readiness>,
+    pub leading: watch::Receiver<bool>,
+}
+
+const NFS_PROBE_PERIOD: Duration = Duration::from_secs(5);
+const WAITING_GAUGE_PERIOD: Duration = Duration::from_secs(5);
+
+/// Runs the provisioner until `shutdown` fires, then stops taking work, lets in-flight work
+/// finish (up to the shutdown grace), releases the Lease and returns.
+pub async fn run(
+    settings: Settings,
+    client: Client,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    run_observed(settings, client, shutdown, |_| {}).await
+}
+
+/// [`run`], handing `observe` the metrics, readiness and leadership as soon as they exist.
+pub async fn run_observed(
+    settings: Settings,
+    client: Client,
+    shutdown: CancellationToken,
+    observe: impl FnOnce(Observers),
+) -> Result<(), StartError> {
+    let metrics = Metrics::new();
+    let readiness = Arc::new(Readiness::default());
+
+    let root = NfsRoot::open(
+        &settings.mount_path,
+        StorageOptions {
+            op_timeout: settings.fs_timeout,
+            max_stuck_ops: settings.max_stuck_fs_ops,
+        },
+    )
+    .await
+    .map_err(|source| StartError::NfsRoot {
+        path: settings.mount_path.display().to_string(),
+        source,
+    })?;
+    let listener = admin::bind(settings.admin_address)
+        .await
+        .map_err(|source| StartError::Admin {
+            address: settings.admin_address,
+            source,
+        })?;
+
+    // Everything below stops with `background`; `shutdown` only starts the sequence.
+    let background = CancellationToken::new();
+    let _stop_background = background.clone().drop_guard();
+
+    tokio::spawn(admin::serve(
+        listener,
+        readiness.clone(),
+        metrics.clone(),
+        background.clone(),
+    ));
+    tokio::spawn(admin::probe_nfs_root(
+        root.clone(),
+        readiness.clone(),
+        metrics.clone(),
+        NFS_PROBE_PERIOD,
+        background.clone(),
+    ));
+
+    let queue = WorkQueue::<WorkItem>::new(settings.retry_base_delay, settings.retry_max_delay);
+    let watches = Watches::start(&client, &settings.provisioner_name, &queue, &background);
+    let events = EventPublisher::new(
+        client.clone(),
+        &settings.provisioner_name,
+        &settings.identity,
+        metrics.clone(),
+    );
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        provisioner_name: settings.provisioner_name.clone(),
+        nfs_server: settings.nfs_server.clone(),
+        export: ExportPath::new(&settings.nfs_path),
+        default_permissions: settings.default_permissions.clone(),
+        root,
+        claims: watches.claims.clone(),
+        volumes: watches.volumes.clone(),
+        classes: watches.classes.clone(),
+        events,
+        metrics: metrics.clone(),
+    });
+
+    let (synced_tx, mut synced) = watch::channel(false);
+    {
+        let readiness = readiness.clone();
+        tokio::spawn(async move {
+            watches.wait_until_synced().await;
+            readiness.set_watches_synced();
+            let _ = synced_tx.send(true);
+            info!("watches synced");
+        });
+    }
+    {
+        let ctx = ctx.clone();
+        let stop = background.clone();
+        tokio::spawn(async move {
+            loop {
+                ctx.metrics
+                    .claims_waiting
+                    .set(controller::count_waiting_claims(&ctx) as i64);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(WAITING_GAUGE_PERIOD) => {}
+                }
+            }
+        });
+    }
+
+    let (leading_tx, mut leading) = watch::channel(false);
+    let elector_stop = CancellationToken::new();
+    let elector = match &settings.leader_election {
+        Some(le) => {
+            info!(lease = %le.lease_name, namespace = %le.namespace, identity = %settings.identity, "campaigning for leadership");
+            let lock = LeaseLock::new(client.clone(), le.clone(), settings.identity.clone());
+            Some(tokio::spawn(lock.run(leading_tx, elector_stop.clone())))
+        }
+        None => {
+            info!("leader election disabled; this replica provisions");
+            let _ = leading_tx.send(true);
+            // Keep the sender alive so `leading` stays open.
+            let stop = elector_stop.clone();
+            Some(tokio::spawn(async move {
+                stop.cancelled().await;
+                drop(leading_tx);
+            }))
+        }
+    };
+    observe(Observers {
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+        leading: leading.clone(),
+    });
+
+    'terms: loop {
+        // Follow until leading (and caches are complete), or until shutdown.
+        tokio::select! {
+            _ = shutdown.cancelled() => break 'terms,
+            r = leading.wait_for(|l| *l) => if r.is_err() { break 'terms },
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break 'terms,
+            _ = synced.wait_for(|s| *s) => {}
+        }
+        metrics.leader.set(1);
+        let term = CancellationToken::new();
+        let stop_taking = CancellationToken::new();
+        controller::enqueue_all(&ctx, &queue);
+        {
+            // Periodic full re-check catches anything a watch event did not cover.
+            let (ctx, queue, stop, every) = (
+                ctx.clone(),
+                queue.clone(),
+                stop_taking.clone(),
+                settings.resync_period,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(every) => controller::enqueue_all(&ctx, &queue),
+                    }
+                }
+            });
+        }
+        let mut workers = tokio::spawn(controller::run_workers(
+            ctx.clone(),
+            queue.clone(),
+            settings.workers,
+            stop_taking.clone(),
+            term.clone(),
+        ));
+
+        let lost = tokio::select! {
+            r = leading.wait_for(|l| !*l) => { let _ = r; true }
+            _ = shutdown.cancelled() => false,
+        };
+        stop_taking.cancel();
+        if lost {
+            // Another replica may lead soon: stop everything now, do not finish.
+            warn!("leadership lost: stopping all work and campaigning again");
+            term.cancel();
+            let _ = workers.await;
+            metrics.leader.set(0);
+            continue 'terms;
+        }
+        info!(grace = ?settings.shutdown_grace, "shutting down: letting in-flight work finish");
+        if tokio::time::timeout(settings.shutdown_grace, &mut workers)
+            .await
+            .is_err()
+        {
+            warn!("in-flight work did not finish within the shutdown grace; abandoning it");
+            term.cancel();
+            let _ = workers.await;
+        }
+        break 'terms;
+    }
+
+    metrics.leader.set(0);
+    elector_stop.cancel();
+    if let Some(elector) = elector {
+        if let Err(e) = elector.await {
+            error!(error = %e, "leader election task failed");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,232 @@
+//! Pending claim -> directory on the NFS root -> PV with a claimRef the PV binder binds.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::PostParams;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+use super::events::{
+    REASON_PROVISIONING, REASON_PROVISIONING_FAILED, REASON_PROVISIONING_SUCCEEDED,
+};
+use super::{Context, Error, Next, Result, claim_may_need_a_volume};
+use crate::parameters::{ClassParameters, DirectoryPermissions};
+use crate::persistent_volume::{
+    ANN_SELECTED_NODE, ANN_STORAGE_CLASS_BETA, ANN_STORAGE_PROVISIONER,
+    ANN_STORAGE_PROVISIONER_BETA, VolumeSpec, pv_name_for, requested_storage,
+};
+use crate::planning::{VolumeRequest, plan_directory};
+use crate::storage::CreateOutcome;
+
+/// The class a claim asks for: `spec.storageClassName`, or the legacy beta annotation.
+pub fn class_name_of(claim: &PersistentVolumeClaim) -> Option<String> {
+    claim
+        .spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.clone())
+        .or_else(|| claim.annotations().get(ANN_STORAGE_CLASS_BETA).cloned())
+        .filter(|n| !n.is_empty())
+}
+
+/// The claim's StorageClass when this provisioner is asked to act on the claim: the class
+/// names us, kube-controller-manager handed the claim to us (GA or beta annotation), and a
+/// WaitForFirstConsumer claim has its node selected.
+pub fn qualifying_class(ctx: &Context, claim: &PersistentVolumeClaim) -> Option<Arc<StorageClass>> {
+    let class = ctx.classes.get(&ObjectRef::new(&class_name_of(claim)?))?;
+    if class.provisioner != ctx.provisioner_name {
+        return None;
+    }
+    let annotations = claim.annotations();
+    let handed_to_us = [ANN_STORAGE_PROVISIONER, ANN_STORAGE_PROVISIONER_BETA]
+        .iter()
+        .any(|a| annotations.get(*a) == Some(&ctx.provisioner_name));
+    if !handed_to_us {
+        return None;
+    }
+    let waits_for_consumer = class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer");
+    if waits_for_consumer && !annotations.contains_key(ANN_SELECTED_NODE) {
+        return None;
+    }
+    Some(class)
+}
+
+/// Claims this provisioner refuses, whatever the class says.
+fn unsupported_request(claim: &PersistentVolumeClaim) -> Option<Error> {
+    let spec = claim.spec.as_ref()?;
+    if spec.volume_mode.as_deref() == Some("Block") {
+        return Some(Error::BlockVolumeMode);
+    }
+    if spec.selector.is_some() {
+        return Some(Error::Selector);
+    }
+    if let Some(source) = &spec.data_source_ref {
+        return Some(Error::DataSource(format!(
+            "dataSourceRef {} {}",
+            source.kind, source.name
+        )));
+    }
+    if let Some(source) = &spec.data_source {
+        return Some(Error::DataSource(format!(
+            "dataSource {} {}",
+            source.kind, source.name
+        )));
+    }
+    None
+}
+
+pub async fn reconcile(
+    ctx: &Context,
+    key: &ObjectRef<PersistentVolumeClaim>,
+    term: &CancellationToken,
+) -> Result<Next> {
+    let Some(claim) = ctx.claims.get(key) else {
+        return Ok(Next::Done);
+    };
+    if !claim_may_need_a_volume(&claim) {
+        return Ok(Next::Done);
+    }
+    let Some(class) = qualifying_class(ctx, &claim) else {
+        return Ok(Next::Done);
+    };
+    let uid = claim.uid().unwrap_or_default();
+    let pv_name = pv_name_for(&uid);
+    if ctx.volumes.get(&ObjectRef::new(&pv_name)).is_some() {
+        // Already provisioned (possibly by a previous leader); the binder does the rest.
+        return Ok(Next::Done);
+    }
+    let span = info_span!(
+        "provision",
+        claim = %format!("{}/{}", key.namespace.as_deref().unwrap_or(""), key.name),
+        pv = %pv_name,
+        storage_class = %class.name_any(),
+    );
+    let started = Instant::now();
+    let class_name = class.name_any();
+    let outcome = provision(ctx, &claim, &class, &pv_name, term)
+        .instrument(span.clone())
+        .await;
+    match &outcome {
+        Ok(()) => ctx
+            .metrics
+            .provisioned(&class_name, "success", Some(started.elapsed())),
+        Err(Error::Stopped) => {}
+        Err(e) => {
+            ctx.metrics.provisioned(&class_name, e.label(), None);
+            let note = format!("failed to provision volume {pv_name}: {e}");
+            span.in_scope(|| tracing::warn!(error = %e, "provisioning failed"));
+            ctx.events
+                .on_claim(&claim, EventType::Warning, REASON_PROVISIONING_FAILED, note)
+                .await;
+        }
+    }
+    outcome.map(|()| Next::Done)
+}
+
+async fn provision(
+    ctx: &Context,
+    claim: &PersistentVolumeClaim,
+    class: &StorageClass,
+    pv_name: &str,
+    term: &CancellationToken,
+) -> Result<()> {
+    if let Some(refusal) = unsupported_request(claim) {
+        return Err(refusal);
+    }
+    let class_name = class.name_any();
+    let empty = Default::default();
+    let parameters =
+        ClassParameters::parse(class.parameters.as_ref().unwrap_or(&empty)).map_err(|source| {
+            Error::InvalidParameters {
+                class: class_name.clone(),
+                source,
+            }
+        })?;
+    let capacity = requested_storage(claim).ok_or(Error::NoStorageRequest)?;
+    let request = VolumeRequest {
+        namespace: claim.namespace().unwrap_or_default(),
+        claim_name: claim.name_any(),
+        claim_uid: claim.uid().unwrap_or_default(),
+        pv_name: pv_name.to_string(),
+        labels: claim.labels().clone(),
+        annotations: claim.annotations().clone(),
+    };
+    let directory = plan_directory(&parameters, &request).map_err(Error::UnsafePath)?;
+    let permissions =
+        DirectoryPermissions::resolve(&ctx.default_permissions, &parameters, claim.annotations())
+            .map_err(Error::InvalidClaimAnnotation)?;
+
+    ctx.events
+        .on_claim(
+            claim,
+            EventType::Normal,
+            REASON_PROVISIONING,
+            format!(
+                "External provisioner is provisioning volume for claim \"{}/{}\"",
+                request.namespace, request.claim_name
+            ),
+        )
+        .await;
+
+    match ctx
+        .root
+        .create_volume_dir(&directory, &permissions, term)
+        .await?
+    {
+        CreateOutcome::Created => info!(directory = %directory, "created volume directory"),
+        CreateOutcome::AlreadyExisted => {
+            info!(directory = %directory, "volume directory already exists; using it as it is")
+        }
+    }
+
+    let spec = VolumeSpec {
+        pv_name: pv_name.to_string(),
+        provisioner_name: ctx.provisioner_name.clone(),
+        storage_class: class_name,
+        nfs_server: ctx.nfs_server.clone(),
+        nfs_path: ctx.export.pv_path(&directory),
+        capacity,
+        access_modes: claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.access_modes.clone())
+            .unwrap_or_default(),
+        mount_options: class.mount_options.clone().unwrap_or_default(),
+        reclaim_policy: class
+            .reclaim_policy
+            .clone()
+            .unwrap_or_else(|| "Delete".to_string()),
+        on_delete: parameters.on_delete,
+        claim_namespace: request.namespace.clone(),
+        claim_name: request.claim_name.clone(),
+        claim_uid: request.claim_uid.clone(),
+    };
+    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    match api
+        .create(&PostParams::default(), &spec.to_persistent_volume())
+        .await
+    {
+        Ok(_) => {}
+        // A previous attempt (or leader) created it: the name is derived from the claim uid,
+        // so this is the same volume.
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            info!("PV already exists; nothing more to do")
+        }
+        Err(e) => return Err(e.into()),
+    }
+    info!(path = %spec.nfs_path, "provisioned volume");
+    ctx.events
+        .on_claim(
+            claim,
+            EventType::Normal,
+            REASON_PROVISIONING_SUCCEEDED,
+            format!("Successfully provisioned volume {pv_name}"),
+        )
+        .await;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Prometheus metrics the admin endpoint serves at `/metrics`.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels of one provision or delete operation outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub storage_class: String,
+    /// `success` or a short failure reason (an error label).
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClassLabels {
+    pub storage_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// `provision` or `delete`.
+    pub operation: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+fn duration_histogram() -> Histogram {
+    // 5 ms .. ~80 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+/// Every metric of the process, cheap to clone.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub provisions: Family<OperationLabels, Counter>,
+    pub provision_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    pub deletes: Family<OperationLabels, Counter>,
+    pub delete_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    pub failures: Family<FailureLabels, Counter>,
+    pub claims_waiting: Gauge,
+    pub leader: Gauge,
+    pub nfs_root_healthy: Gauge,
+    pub nfs_root_probe_seconds: Gauge<f64, AtomicU64>,
+    pub nfs_stuck_operations: Gauge,
+    pub events_failed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nfs_provisioner");
+        let provisions = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "provision_operations",
+            "Provision attempts by StorageClass and result",
+            provisions.clone(),
+        );
+        let provision_duration: Family<ClassLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "provision_duration_seconds",
+            "Duration of successful provisions (directory and PV), by StorageClass",
+            provision_duration.clone(),
+        );
+        let deletes = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "delete_operations",
+            "Reclaim attempts by StorageClass and result",
+            deletes.clone(),
+        );
+        let delete_duration: Family<ClassLabels, Histogram, fn() -> Histogram> =
+            Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "delete_duration_seconds",
+            "Duration of successful reclaims (directory policy and PV removal), by StorageClass",
+            delete_duration.clone(),
+        );
+        let failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "failures",
+            "Failed attempts that will be retried, by operation and reason",
+            failures.clone(),
+        );
+        let claims_waiting = Gauge::default();
+        registry.register(
+            "claims_waiting",
+            "Claims of this provisioner that are waiting for a volume",
+            claims_waiting.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without leader election)",
+            leader.clone(),
+        );
+        let nfs_root_healthy = Gauge::default();
+        registry.register(
+            "nfs_root_healthy",
+            "1 when the last NFS root probe succeeded",
+            nfs_root_healthy.clone(),
+        );
+        let nfs_root_probe_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "nfs_root_probe_seconds",
+            "Latency of the last NFS root probe",
+            nfs_root_probe_seconds.clone(),
+        );
+        let nfs_stuck_operations = Gauge::default();
+        registry.register(
+            "nfs_stuck_operations",
+            "File system operations on the NFS root that outlived their deadline and are still running",
+            nfs_stuck_operations.clone(),
+        );
+        let events_failed = Counter::default();
+        registry.register(
+            "events_failed",
+            "Kubernetes Events that could not be written",
+            events_failed.clone(),
+        );
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        registry.register("build_info", "Build information", build_info);
+
+        Self {
+            registry: Arc::new(registry),
+            provisions,
+            provision_duration,
+            deletes,
+            delete_duration,
+            failures,
+            claims_waiting,
+            leader,
+            nfs_root_healthy,
+            nfs_root_probe_seconds,
+            nfs_stuck_operations,
+            events_failed,
+        }
+    }
+
+    pub fn provisioned(&self, class: &str, result: &str, took: Option<Duration>) {
+        self.provisions
+            .get_or_create(&OperationLabels {
+                storage_class: class.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        if let Some(took) = took {
+            self.provision_duration
+                .get_or_create(&ClassLabels {
+                    storage_class: class.to_string(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn reclaimed(&self, class: &str, result: &str, took: Option<Duration>) {
+        self.deletes
+            .get_or_create(&OperationLabels {
+                storage_class: class.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+        if let Some(took) = took {
+            self.delete_duration
+                .get_or_create(&ClassLabels {
+                    storage_class: class.to_string(),
+                })
+                .observe(took.as_secs_f64());
+        }
+    }
+
+    pub fn failed(&self, operation: &str, reason: &str) {
+        self.failures
+            .get_or_create(&FailureLabels {
+                operation: operation.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// OpenMetrics text, as Prometheus scrapes it.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
