@@ -40,6 +40,8 @@ pub struct Observers {
     pub metrics: Metrics,
     pub readiness: Arc<Readiness>,
     pub leading: watch::Receiver<bool>,
+    /// The admin endpoint's bound address (useful with port 0).
+    pub admin_address: std::net::SocketAddr,
 }
 
 const NFS_PROBE_PERIOD: Duration = Duration::from_secs(5);
@@ -83,6 +85,8 @@ pub async fn run_observed(
             address: settings.admin_address,
             source,
         })?;
+
+    let admin_address = listener.local_addr().unwrap_or(settings.admin_address);
 
     // Everything below stops with `background`; `shutdown` only starts the sequence.
     let background = CancellationToken::new();
@@ -173,6 +177,7 @@ pub async fn run_observed(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         leading: leading.clone(),
+        admin_address,
     });
 
     'terms: loop {
