@@ -14,7 +14,6 @@ use crate::config::Settings;
 use crate::controller::{self, Context, EventPublisher, Watches, WorkItem, queue::WorkQueue};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
-use crate::planning::ExportPath;
 use crate::storage::{NfsRoot, StorageOptions};
 
 /// Why the process could not start or had to stop.
@@ -118,7 +117,7 @@ pub async fn run_observed(
         client: client.clone(),
         provisioner_name: settings.provisioner_name.clone(),
         nfs_server: settings.nfs_server.clone(),
-        export: ExportPath::new(&settings.nfs_path),
+        export: settings.export.clone(),
         default_permissions: settings.default_permissions.clone(),
         root,
         claims: watches.claims.clone(),

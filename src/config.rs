@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::parameters::DirectoryPermissions;
+use crate::planning::ExportPath;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -49,7 +50,7 @@ pub struct Cli {
     pub kubeconfig: Option<PathBuf>,
 
     /// Run leader election on a Lease so only one replica provisions (true/false).
-    #[arg(long, env = "ENABLE_LEADER_ELECTION", default_value = "true", value_parser = parse_go_bool)]
+    #[arg(long, env = "ENABLE_LEADER_ELECTION", default_value = "true", value_parser = parse_go_bool, action = clap::ArgAction::Set)]
     pub enable_leader_election: bool,
 
     /// Namespace of the leader-election Lease (downward API); falls back to the service
@@ -141,6 +142,8 @@ pub struct Settings {
     pub provisioner_name: String,
     pub nfs_server: String,
     pub nfs_path: String,
+    /// `nfs_path`, validated, mapping PV paths to directories under the NFS root.
+    pub export: ExportPath,
     pub mount_path: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     pub leader_election: Option<LeaderElectionSettings>,
@@ -204,12 +207,14 @@ impl Cli {
             ));
         }
         let nfs_path = required(self.nfs_path, "NFS_PATH (--nfs-path)")?;
-        if !nfs_path.starts_with('/') || nfs_path.contains('\0') {
+        if !nfs_path.starts_with('/') {
             return Err(bad(
                 "NFS_PATH (--nfs-path)",
                 format!("{nfs_path:?} must be an absolute path on the NFS server"),
             ));
         }
+        let export =
+            ExportPath::new(&nfs_path).map_err(|e| bad("NFS_PATH (--nfs-path)", e.to_string()))?;
         if self.workers == 0 {
             return Err(bad("WORKERS (--workers)", "must be at least 1"));
         }
@@ -296,6 +301,7 @@ impl Cli {
             provisioner_name,
             nfs_server,
             nfs_path,
+            export,
             mount_path: self.mount_path,
             kubeconfig: self.kubeconfig,
             leader_election,

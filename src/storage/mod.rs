@@ -1,77 +1,528 @@
-// TEMPORARY interface stub for the controller to compile against; replaced by the storage branch.
+//! Everything that touches the mounted NFS root.
+//!
+//! [`NfsRoot`] holds an `O_PATH` handle of the root and runs each operation's blocking
+//! system calls on a dedicated thread (see [`confined`] for how paths stay beneath the root).
+//!
+//! Deadlines: the async caller waits at most [`StorageOptions::op_timeout`] and returns
+//! [`StorageError::NotResponding`] (or [`StorageError::Cancelled`] as soon as its token
+//! fires). The worker thread cannot be killed if it is stuck in the kernel; it is marked
+//! abandoned, stops at its next syscall boundary if it ever returns, and until then counts
+//! as *stuck* ([`NfsRoot::stuck_operations`]). Every worker holds a permit from a semaphore
+//! of [`StorageOptions::max_stuck_ops`] permits, released only when the thread really
+//! returns, so stuck threads are bounded; once that many are stuck, new operations fail
+//! fast with [`StorageError::Overloaded`]. Dedicated threads (not `spawn_blocking`) are
+//! used so that a stuck thread never blocks runtime shutdown.
+
+mod confined;
+
+use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{OFlag, open};
+use nix::sys::stat::{Mode, SFlag, fstat};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+pub use tokio_util::sync::CancellationToken;
+
 use crate::parameters::DirectoryPermissions;
 use crate::planning::VolumeDirectory;
-use std::path::Path;
-use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-#[derive(Debug, Clone)]
+
+/// Tuning for [`NfsRoot`].
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StorageOptions {
+    /// Deadline of every operation on the root. Default 30s.
     pub op_timeout: Duration,
+    /// Bound on worker threads that may be stuck in the kernel (and on concurrent
+    /// operations). Default 16. Values below 1 are treated as 1.
     pub max_stuck_ops: usize,
 }
-#[derive(Clone)]
-pub struct NfsRoot;
-#[derive(Debug)]
+
+impl Default for StorageOptions {
+    fn default() -> Self {
+        StorageOptions {
+            op_timeout: Duration::from_secs(30),
+            max_stuck_ops: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
+    /// The volume directory was created (mode/owner applied to it and to created parents).
     Created,
+    /// It already existed; its mode and owner were left alone.
     AlreadyExisted,
 }
-#[derive(Debug)]
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RemoveOutcome {
     Removed,
+    /// Nothing to remove (logged); empty parents were still cleaned up.
     AlreadyGone,
 }
-#[derive(Debug)]
+
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ArchiveOutcome {
-    Archived { to: VolumeDirectory },
+    /// Renamed to `to` (the requested archive name, or it with a collision suffix).
+    Archived {
+        to: VolumeDirectory,
+    },
     AlreadyGone,
 }
+
+/// Failure of an operation on the NFS root. Paths are relative to the root.
 #[derive(Debug, thiserror::Error)]
-#[error("storage error")]
-pub struct StorageError;
+pub enum StorageError {
+    #[error("NFS root not responding: {op} did not finish within {timeout:?}")]
+    NotResponding { op: &'static str, timeout: Duration },
+    #[error("NFS root not responding ({stuck} operations stuck); not starting another")]
+    Overloaded { stuck: usize },
+    #[error("operation on the NFS root cancelled")]
+    Cancelled,
+    #[error("refusing unsafe path {path:?} beneath the NFS root: {reason}")]
+    Unsafe { path: String, reason: String },
+    #[error("{op} {path:?} beneath the NFS root failed: {source}")]
+    Io {
+        op: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no free archive name for {base:?} after {attempts} attempts")]
+    ArchiveNameUnavailable { base: String, attempts: usize },
+}
+
 impl StorageError {
+    /// Short stable label for metrics.
     pub fn label(&self) -> &'static str {
-        "io"
+        match self {
+            StorageError::NotResponding { .. } => "not_responding",
+            StorageError::Overloaded { .. } => "overloaded",
+            StorageError::Cancelled => "cancelled",
+            StorageError::Unsafe { .. } => "unsafe_path",
+            StorageError::Io { .. } => "io",
+            StorageError::ArchiveNameUnavailable { .. } => "archive_name_unavailable",
+        }
+    }
+
+    /// True for errors caused by a slow or hung server (worth retrying later).
+    pub fn is_not_responding(&self) -> bool {
+        matches!(
+            self,
+            StorageError::NotResponding { .. } | StorageError::Overloaded { .. }
+        )
     }
 }
-impl NfsRoot {
-    pub async fn open(_p: &Path, _o: StorageOptions) -> Result<NfsRoot, StorageError> {
-        unimplemented!()
+
+/// Test hook called on the worker thread at the start of each operation (op name, path
+/// relative to the root) and before each entry removed in a tree. It lets a test stand in
+/// for a server that hangs inside a system call.
+#[doc(hidden)]
+pub type FaultHook = Arc<dyn Fn(&str, &str) + Send + Sync>;
+
+const RUNNING: u8 = 0;
+const DONE: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Per-operation state shared between the async caller and the worker thread.
+pub(crate) struct OpContext {
+    state: Arc<AtomicU8>,
+    hook: Option<FaultHook>,
+}
+
+impl OpContext {
+    /// Fails once the caller has given up (deadline or cancellation).
+    pub(crate) fn check(&self) -> Result<(), StorageError> {
+        if self.state.load(Ordering::Acquire) == ABANDONED {
+            Err(StorageError::Cancelled)
+        } else {
+            Ok(())
+        }
     }
+
+    pub(crate) fn fault_point(&self, op: &str, path: &str) {
+        if let Some(hook) = &self.hook {
+            hook(op, path);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn detached() -> Self {
+        OpContext {
+            state: Arc::new(AtomicU8::new(RUNNING)),
+            hook: None,
+        }
+    }
+}
+
+struct Inner {
+    root: OwnedFd,
+    root_dev: u64,
+    path: PathBuf,
+    opts: StorageOptions,
+    permits: Arc<Semaphore>,
+    stuck: AtomicUsize,
+    hook: Option<FaultHook>,
+}
+
+/// Handle of the mounted NFS root. Cheap to clone; `Send + Sync`.
+#[derive(Clone)]
+pub struct NfsRoot {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for NfsRoot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NfsRoot")
+            .field("path", &self.inner.path)
+            .field("opts", &self.inner.opts)
+            .field("stuck", &self.stuck_operations())
+            .finish()
+    }
+}
+
+/// Runs on the worker thread's exit (also on panic): releases the permit and, if the caller
+/// had given up on this thread, removes it from the stuck count.
+struct WorkerExit {
+    inner: Arc<Inner>,
+    state: Arc<AtomicU8>,
+    op: &'static str,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for WorkerExit {
+    fn drop(&mut self) {
+        if self
+            .state
+            .compare_exchange(RUNNING, DONE, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            self.inner.stuck.fetch_sub(1, Ordering::AcqRel);
+            tracing::info!(
+                op = self.op,
+                "abandoned NFS operation finished; permit returned"
+            );
+        }
+    }
+}
+
+/// Marks the worker abandoned if the caller stops waiting for any reason (deadline,
+/// cancellation, or the caller's future being dropped).
+struct CallerWatch {
+    inner: Arc<Inner>,
+    state: Arc<AtomicU8>,
+    armed: bool,
+}
+
+impl CallerWatch {
+    /// Returns false if the worker already finished (its result is in the channel).
+    fn abandon(&mut self) -> bool {
+        if !std::mem::take(&mut self.armed) {
+            return false;
+        }
+        // Count first so the worker's decrement can never underflow.
+        self.inner.stuck.fetch_add(1, Ordering::AcqRel);
+        if self
+            .state
+            .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            true
+        } else {
+            self.inner.stuck.fetch_sub(1, Ordering::AcqRel);
+            false
+        }
+    }
+}
+
+impl Drop for CallerWatch {
+    fn drop(&mut self) {
+        self.abandon();
+    }
+}
+
+/// Runs `work` on a detached thread and waits up to `timeout` (used before an `Inner`
+/// exists, i.e. to open the root).
+async fn run_detached<T: Send + 'static>(
+    op: &'static str,
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StorageError> {
+    let (tx, rx) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("nfs-root-open".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })
+        .map_err(|source| StorageError::Io {
+            op: "spawn worker thread for",
+            path: ".".into(),
+            source,
+        })?;
+    match tokio::time::timeout(timeout, rx).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(worker_died(op)),
+        Err(_) => Err(StorageError::NotResponding { op, timeout }),
+    }
+}
+
+fn worker_died(op: &'static str) -> StorageError {
+    StorageError::Io {
+        op,
+        path: ".".into(),
+        source: std::io::Error::other("worker thread panicked"),
+    }
+}
+
+impl NfsRoot {
+    /// Opens an `O_PATH|O_DIRECTORY` handle of the mounted root (following a symlink in the
+    /// configured path itself, which is the admin's choice), within the deadline.
+    pub async fn open(path: &Path, opts: StorageOptions) -> Result<NfsRoot, StorageError> {
+        Self::open_inner(path, opts, None).await
+    }
+
+    /// Like [`NfsRoot::open`], with a [`FaultHook`] for tests that simulate a hung server.
+    #[doc(hidden)]
+    pub async fn open_with_fault_hook(
+        path: &Path,
+        opts: StorageOptions,
+        hook: FaultHook,
+    ) -> Result<NfsRoot, StorageError> {
+        Self::open_inner(path, opts, Some(hook)).await
+    }
+
+    async fn open_inner(
+        path: &Path,
+        mut opts: StorageOptions,
+        hook: Option<FaultHook>,
+    ) -> Result<NfsRoot, StorageError> {
+        opts.max_stuck_ops = opts.max_stuck_ops.max(1);
+        let owned_path = path.to_path_buf();
+        let shown = path.display().to_string();
+        let (root, st) = run_detached("open root", opts.op_timeout, move || {
+            let fd = open(
+                owned_path.as_path(),
+                OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )?;
+            let st = fstat(&fd)?;
+            Ok::<_, nix::Error>((fd, st))
+        })
+        .await?
+        .map_err(|e| StorageError::Io {
+            op: "open root",
+            path: shown.clone(),
+            source: std::io::Error::from_raw_os_error(e as i32),
+        })?;
+        if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFDIR {
+            return Err(StorageError::Unsafe {
+                path: shown,
+                reason: "the NFS root is not a directory".into(),
+            });
+        }
+        Ok(NfsRoot {
+            inner: Arc::new(Inner {
+                root,
+                root_dev: st.st_dev,
+                path: path.to_path_buf(),
+                permits: Arc::new(Semaphore::new(opts.max_stuck_ops)),
+                opts,
+                stuck: AtomicUsize::new(0),
+                hook,
+            }),
+        })
+    }
+
+    /// The root path as configured.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn options(&self) -> &StorageOptions {
+        &self.inner.opts
+    }
+
+    /// Worker threads the callers gave up on that have not returned yet.
+    pub fn stuck_operations(&self) -> usize {
+        self.inner.stuck.load(Ordering::Acquire)
+    }
+
+    /// Creates `dir` and missing parents beneath the root. Only directories created here get
+    /// `perms` (mode set explicitly with fchmod, so umask does not matter; owner with fchown
+    /// when uid/gid are set). An existing directory is never chmod/chown'ed.
     pub async fn create_volume_dir(
         &self,
-        _d: &VolumeDirectory,
-        _p: &DirectoryPermissions,
-        _c: &CancellationToken,
+        dir: &VolumeDirectory,
+        perms: &DirectoryPermissions,
+        cancel: &CancellationToken,
     ) -> Result<CreateOutcome, StorageError> {
-        unimplemented!()
+        let (dir2, perms) = (dir.clone(), *perms);
+        self.run("create", dir, cancel, move |inner, ctx| {
+            confined::create(inner.root.as_fd(), &dir2, &perms, ctx)
+        })
+        .await
     }
+
+    /// Removes the volume directory tree (no symlink followed, no mount point crossed, never
+    /// the root), then its empty parents up to (not including) the root. Already gone is
+    /// success (logged). A symlink or non-directory in place of the volume directory is an
+    /// [`StorageError::Unsafe`] error and is left untouched. Resumable: if the deadline hits
+    /// midway, the next call continues.
     pub async fn delete_volume_dir(
         &self,
-        _d: &VolumeDirectory,
-        _c: &CancellationToken,
+        dir: &VolumeDirectory,
+        cancel: &CancellationToken,
     ) -> Result<RemoveOutcome, StorageError> {
-        unimplemented!()
+        let dir2 = dir.clone();
+        self.run("delete", dir, cancel, move |inner, ctx| {
+            confined::delete(inner.root.as_fd(), inner.root_dev, &dir2, ctx)
+        })
+        .await
     }
+
+    /// Renames the volume directory to `archive`, or to `archive` with a `.N` / time-stamp
+    /// suffix if that exists; never replaces an existing entry. Then removes empty parents.
+    /// The archive's parent must exist (planning puts archives at the root).
     pub async fn archive_volume_dir(
         &self,
-        _d: &VolumeDirectory,
-        _a: &VolumeDirectory,
-        _c: &CancellationToken,
+        dir: &VolumeDirectory,
+        archive: &VolumeDirectory,
+        cancel: &CancellationToken,
     ) -> Result<ArchiveOutcome, StorageError> {
-        unimplemented!()
+        let (dir2, archive2) = (dir.clone(), archive.clone());
+        self.run("archive", dir, cancel, move |inner, ctx| {
+            confined::archive(inner.root.as_fd(), inner.root_dev, &dir2, &archive2, ctx)
+        })
+        .await
     }
+
+    /// Whether the volume directory exists as a real directory (a symlink there is an error).
     pub async fn volume_dir_exists(
         &self,
-        _d: &VolumeDirectory,
-        _c: &CancellationToken,
+        dir: &VolumeDirectory,
+        cancel: &CancellationToken,
     ) -> Result<bool, StorageError> {
-        unimplemented!()
+        let dir2 = dir.clone();
+        self.run("stat", dir, cancel, move |inner, _ctx| {
+            confined::exists(inner.root.as_fd(), &dir2)
+        })
+        .await
     }
+
+    /// Health probe: fstat the root, create and remove a marker file directly beneath it.
+    /// Returns the latency. Subject to the same deadline and stuck-thread bound.
     pub async fn probe(&self) -> Result<Duration, StorageError> {
-        unimplemented!()
+        let started = Instant::now();
+        let never = CancellationToken::new();
+        self.run_at("probe", ".", &never, |inner, _ctx| {
+            confined::probe(inner.root.as_fd())
+        })
+        .await?;
+        Ok(started.elapsed())
     }
-    pub fn stuck_operations(&self) -> usize {
-        0
+
+    async fn run<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        dir: &VolumeDirectory,
+        cancel: &CancellationToken,
+        work: impl FnOnce(&Inner, &OpContext) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        self.run_at(op, dir.as_str(), cancel, work).await
+    }
+
+    async fn run_at<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        path: &str,
+        cancel: &CancellationToken,
+        work: impl FnOnce(&Inner, &OpContext) -> Result<T, StorageError> + Send + 'static,
+    ) -> Result<T, StorageError> {
+        let inner = &self.inner;
+        let timeout = inner.opts.op_timeout;
+        if cancel.is_cancelled() {
+            return Err(StorageError::Cancelled);
+        }
+        let stuck = self.stuck_operations();
+        if stuck >= inner.opts.max_stuck_ops {
+            return Err(StorageError::Overloaded { stuck });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        // Permits are only short of stuck threads or a burst of slow operations: wait for
+        // one within the same deadline.
+        let permit = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(StorageError::Cancelled),
+            acquired = tokio::time::timeout_at(deadline, inner.permits.clone().acquire_owned()) => {
+                match acquired {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        let stuck = self.stuck_operations();
+                        return Err(if stuck > 0 {
+                            StorageError::Overloaded { stuck }
+                        } else {
+                            StorageError::NotResponding { op, timeout }
+                        });
+                    }
+                }
+            }
+        };
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let ctx = OpContext {
+            state: state.clone(),
+            hook: inner.hook.clone(),
+        };
+        let exit = WorkerExit {
+            inner: inner.clone(),
+            state: state.clone(),
+            op,
+            _permit: permit,
+        };
+        let (tx, mut rx) = oneshot::channel();
+        let worker_inner = inner.clone();
+        let worker_path = path.to_owned();
+        let mut watch = CallerWatch {
+            inner: inner.clone(),
+            state,
+            armed: true,
+        };
+        std::thread::Builder::new()
+            .name(format!("nfs-{op}"))
+            .spawn(move || {
+                let result = {
+                    ctx.fault_point(op, &worker_path);
+                    ctx.check().and_then(|()| work(&worker_inner, &ctx))
+                };
+                drop(exit);
+                let _ = tx.send(result);
+            })
+            .map_err(|source| {
+                watch.armed = false;
+                StorageError::Io {
+                    op: "spawn worker thread for",
+                    path: path.to_owned(),
+                    source,
+                }
+            })?;
+        let gave_up = tokio::select! {
+            result = &mut rx => {
+                watch.armed = false;
+                return result.unwrap_or_else(|_| Err(worker_died(op)));
+            }
+            _ = tokio::time::sleep_until(deadline) => StorageError::NotResponding { op, timeout },
+            _ = cancel.cancelled() => StorageError::Cancelled,
+        };
+        if !watch.abandon() {
+            // Finished at the last moment: report what really happened.
+            return rx.await.unwrap_or_else(|_| Err(worker_died(op)));
+        }
+        tracing::warn!(op, path, error = %gave_up, stuck = self.stuck_operations(), "gave up waiting for NFS operation");
+        Err(gave_up)
     }
 }
+
+#[cfg(test)]
+mod tests;

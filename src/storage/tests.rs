@@ -1,0 +1,284 @@
+//! Unit tests of the confined operations on real temporary directories.
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::sync::atomic::AtomicUsize;
+
+use super::*;
+use crate::planning::VolumeDirectory;
+
+/// Refuses to touch the file system outside the sandboxed test runner.
+fn require_sandbox() {
+    assert_eq!(
+        std::env::var("NFS_PROVISIONER_SANDBOXED").as_deref(),
+        Ok("1"),
+        "file-system tests must run under scripts/sandbox-run (cargo test does this)"
+    );
+}
+
+fn temp_root() -> tempfile::TempDir {
+    require_sandbox();
+    tempfile::Builder::new()
+        .prefix("storage-unit")
+        .tempdir_in(std::env::temp_dir())
+        .unwrap()
+}
+
+fn dir(s: &str) -> VolumeDirectory {
+    VolumeDirectory::parse(s).unwrap()
+}
+
+fn open_root(path: &Path) -> (OwnedFd, u64) {
+    let fd = open(
+        path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .unwrap();
+    let dev = fstat(&fd).unwrap().st_dev;
+    (fd, dev)
+}
+
+fn perms(mode: u32) -> DirectoryPermissions {
+    DirectoryPermissions {
+        mode,
+        uid: None,
+        gid: None,
+    }
+}
+
+#[test]
+fn create_applies_mode_to_created_dirs_only() {
+    let tmp = temp_root();
+    let (root, _) = open_root(tmp.path());
+    fs::create_dir(tmp.path().join("ns")).unwrap();
+    fs::set_permissions(tmp.path().join("ns"), fs::Permissions::from_mode(0o711)).unwrap();
+    let ctx = OpContext::detached();
+    let out = confined::create(root.as_fd(), &dir("ns/a/b"), &perms(0o1770), &ctx).unwrap();
+    assert_eq!(out, CreateOutcome::Created);
+    let mode = |p: &str| fs::metadata(tmp.path().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("ns"), 0o711, "existing parent untouched");
+    assert_eq!(mode("ns/a"), 0o1770);
+    assert_eq!(mode("ns/a/b"), 0o1770);
+    // Second call: already there, mode not reapplied.
+    fs::set_permissions(tmp.path().join("ns/a/b"), fs::Permissions::from_mode(0o700)).unwrap();
+    let out = confined::create(root.as_fd(), &dir("ns/a/b"), &perms(0o777), &ctx).unwrap();
+    assert_eq!(out, CreateOutcome::AlreadyExisted);
+    assert_eq!(mode("ns/a/b"), 0o700);
+}
+
+#[test]
+fn create_applies_owner_when_root() {
+    let tmp = temp_root();
+    if !nix::unistd::geteuid().is_root() {
+        return; // chown to another uid needs privilege
+    }
+    let (root, _) = open_root(tmp.path());
+    let p = DirectoryPermissions {
+        mode: 0o750,
+        uid: Some(1234),
+        gid: Some(5678),
+    };
+    confined::create(root.as_fd(), &dir("x/y"), &p, &OpContext::detached()).unwrap();
+    for d in ["x", "x/y"] {
+        let md = fs::metadata(tmp.path().join(d)).unwrap();
+        assert_eq!(
+            (md.uid(), md.gid(), md.mode() & 0o7777),
+            (1234, 5678, 0o750)
+        );
+    }
+}
+
+#[test]
+fn delete_removes_tree_without_following_symlinks() {
+    let tmp = temp_root();
+    let outside = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    fs::write(outside.path().join("canary"), b"keep").unwrap();
+    let (root, dev) = open_root(tmp.path());
+    let vol = tmp.path().join("ns/vol");
+    fs::create_dir_all(vol.join("sub/deeper")).unwrap();
+    fs::write(vol.join("sub/deeper/f"), b"x").unwrap();
+    symlink(outside.path(), vol.join("sub/link-dir")).unwrap();
+    symlink(outside.path().join("canary"), vol.join("link-file")).unwrap();
+    let out = confined::delete(root.as_fd(), dev, &dir("ns/vol"), &OpContext::detached()).unwrap();
+    assert_eq!(out, RemoveOutcome::Removed);
+    assert!(!tmp.path().join("ns").exists(), "empty parent removed");
+    assert_eq!(fs::read(outside.path().join("canary")).unwrap(), b"keep");
+    assert!(tmp.path().exists());
+    let again = confined::delete(root.as_fd(), dev, &dir("ns/vol"), &OpContext::detached());
+    assert_eq!(again.unwrap(), RemoveOutcome::AlreadyGone);
+}
+
+#[test]
+fn delete_handles_trees_deeper_than_the_fd_budget() {
+    let tmp = temp_root();
+    let (root, dev) = open_root(tmp.path());
+    let mut p = tmp.path().join("vol");
+    for i in 0..150 {
+        p.push(format!("d{i}"));
+    }
+    fs::create_dir_all(&p).unwrap();
+    fs::write(p.join("leaf"), b"x").unwrap();
+    let out = confined::delete(root.as_fd(), dev, &dir("vol"), &OpContext::detached()).unwrap();
+    assert_eq!(out, RemoveOutcome::Removed);
+    assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn interrupted_delete_resumes() {
+    let tmp = temp_root();
+    let (root, dev) = open_root(tmp.path());
+    let vol = tmp.path().join("vol");
+    for i in 0..20 {
+        fs::create_dir_all(vol.join(format!("d{i}"))).unwrap();
+        fs::write(vol.join(format!("d{i}/f")), b"x").unwrap();
+    }
+    // Abandon the operation after a few entries, as a deadline would.
+    let state = Arc::new(AtomicU8::new(RUNNING));
+    let seen = Arc::new(AtomicUsize::new(0));
+    let (state2, seen2) = (state.clone(), seen.clone());
+    let ctx = OpContext {
+        state: state.clone(),
+        hook: Some(Arc::new(move |_op: &str, _path: &str| {
+            if seen2.fetch_add(1, Ordering::SeqCst) == 10 {
+                state2.store(ABANDONED, Ordering::SeqCst);
+            }
+        })),
+    };
+    let err = confined::delete(root.as_fd(), dev, &dir("vol"), &ctx).unwrap_err();
+    assert!(matches!(err, StorageError::Cancelled), "{err}");
+    assert!(vol.exists(), "stopped midway");
+    let out = confined::delete(root.as_fd(), dev, &dir("vol"), &OpContext::detached()).unwrap();
+    assert_eq!(out, RemoveOutcome::Removed);
+    assert!(!vol.exists());
+}
+
+#[test]
+fn componentwise_fallback_refuses_symlinks() {
+    let tmp = temp_root();
+    let outside = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let (root, _) = open_root(tmp.path());
+    fs::create_dir_all(tmp.path().join("a/b")).unwrap();
+    symlink(outside.path(), tmp.path().join("a/link")).unwrap();
+    assert!(confined::open_componentwise(root.as_fd(), "a/b", OFlag::O_PATH).is_ok());
+    assert!(confined::open_componentwise(root.as_fd(), ".", OFlag::O_PATH).is_ok());
+    assert!(
+        confined::open_componentwise(
+            root.as_fd(),
+            "a/link",
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW
+        )
+        .is_err()
+    );
+    assert!(confined::open_componentwise(root.as_fd(), "a/link/x", OFlag::O_PATH).is_err());
+    assert!(confined::open_componentwise(root.as_fd(), "a/../..", OFlag::O_PATH).is_err());
+    // And the openat2 path.
+    // A final symlink is opened as the link itself by O_PATH|O_NOFOLLOW, which O_DIRECTORY
+    // then rejects; an intermediate one fails resolution.
+    let final_link = confined::open_dir(root.as_fd(), "a/link", OFlag::O_PATH).unwrap_err();
+    assert!(matches!(
+        final_link,
+        nix::errno::Errno::ENOTDIR | nix::errno::Errno::ELOOP
+    ));
+    assert_eq!(
+        confined::open_dir(root.as_fd(), "a/link/x", OFlag::O_PATH).unwrap_err(),
+        nix::errno::Errno::ELOOP
+    );
+}
+
+#[test]
+fn reserve_and_rename_never_replaces() {
+    let tmp = temp_root();
+    let (root, _) = open_root(tmp.path());
+    fs::create_dir(tmp.path().join("src")).unwrap();
+    fs::write(tmp.path().join("src/f"), b"data").unwrap();
+    fs::create_dir(tmp.path().join("taken")).unwrap();
+    fs::write(tmp.path().join("file"), b"other").unwrap();
+    let r = root.as_fd();
+    assert_eq!(
+        confined::reserve_and_rename(r, "src", r, "taken").unwrap_err(),
+        nix::errno::Errno::EEXIST
+    );
+    assert_eq!(
+        confined::reserve_and_rename(r, "src", r, "file").unwrap_err(),
+        nix::errno::Errno::EEXIST
+    );
+    confined::reserve_and_rename(r, "src", r, "fresh").unwrap();
+    assert_eq!(fs::read(tmp.path().join("fresh/f")).unwrap(), b"data");
+    assert_eq!(fs::read(tmp.path().join("file")).unwrap(), b"other");
+    assert!(tmp.path().join("taken").is_dir());
+}
+
+#[tokio::test]
+async fn probe_and_exists_work() {
+    let tmp = temp_root();
+    let root = NfsRoot::open(tmp.path(), StorageOptions::default())
+        .await
+        .unwrap();
+    root.probe().await.unwrap();
+    assert_eq!(
+        fs::read_dir(tmp.path()).unwrap().count(),
+        0,
+        "marker removed"
+    );
+    let never = CancellationToken::new();
+    assert!(!root.volume_dir_exists(&dir("a/b"), &never).await.unwrap());
+    root.create_volume_dir(&dir("a/b"), &perms(0o777), &never)
+        .await
+        .unwrap();
+    assert!(root.volume_dir_exists(&dir("a/b"), &never).await.unwrap());
+    assert_eq!(root.stuck_operations(), 0);
+}
+
+#[tokio::test]
+async fn cancelled_token_returns_cancelled() {
+    let tmp = temp_root();
+    let root = NfsRoot::open(tmp.path(), StorageOptions::default())
+        .await
+        .unwrap();
+    let cancel = CancellationToken::new();
+    cancel.cancel();
+    let err = root
+        .create_volume_dir(&dir("x"), &perms(0o777), &cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "cancelled");
+    assert!(!tmp.path().join("x").exists());
+}
+
+#[tokio::test]
+async fn open_rejects_missing_or_file_root() {
+    let tmp = temp_root();
+    let err = NfsRoot::open(&tmp.path().join("missing"), StorageOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.label(), "io");
+    fs::write(tmp.path().join("file"), b"").unwrap();
+    assert!(
+        NfsRoot::open(&tmp.path().join("file"), StorageOptions::default())
+            .await
+            .is_err()
+    );
+}
+
+#[test]
+fn error_labels_and_messages() {
+    let e = StorageError::NotResponding {
+        op: "create",
+        timeout: Duration::from_secs(30),
+    };
+    assert_eq!(e.label(), "not_responding");
+    assert!(e.to_string().starts_with("NFS root not responding"));
+    let e = StorageError::Overloaded { stuck: 16 };
+    assert_eq!(e.label(), "overloaded");
+    assert!(
+        e.to_string()
+            .contains("NFS root not responding (16 operations stuck)")
+    );
+    let e = confined::fs_error("open", "a/b", nix::errno::Errno::ELOOP);
+    assert_eq!(e.label(), "unsafe_path");
+    assert!(e.to_string().contains("symbolic link"), "{e}");
+    let e = confined::fs_error("mkdir", "a", nix::errno::Errno::EACCES);
+    assert_eq!(e.label(), "io");
+}

@@ -1,0 +1,163 @@
+//! Shared helpers for the file-system integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::collections::hash_map::DefaultHasher;
+use std::fs;
+use std::hash::{Hash, Hasher};
+use std::os::unix::fs::{MetadataExt, symlink};
+use std::path::{Path, PathBuf};
+
+/// Panics unless running under `scripts/sandbox-run` (read-only `/`, private TMPDIR).
+/// Every test that creates or deletes under a root calls this first.
+pub fn require_sandbox() {
+    assert_eq!(
+        std::env::var("NFS_PROVISIONER_SANDBOXED").as_deref(),
+        Ok("1"),
+        "file-system tests must run under scripts/sandbox-run (cargo test does this)"
+    );
+}
+
+/// A temporary "world": `root/` (the NFS root stand-in), `outside/` with canaries that
+/// symlinks point at, and `root-sibling/` whose name shares the root's prefix.
+pub struct World {
+    _tmp: tempfile::TempDir,
+    pub base: PathBuf,
+    pub root: PathBuf,
+    pub outside: PathBuf,
+}
+
+impl World {
+    pub fn new() -> World {
+        require_sandbox();
+        let tmp = tempfile::Builder::new()
+            .prefix("world")
+            .tempdir_in(std::env::temp_dir())
+            .unwrap();
+        let base = tmp.path().to_path_buf();
+        let root = base.join("root");
+        let outside = base.join("outside");
+        fs::create_dir(&root).unwrap();
+        fs::create_dir_all(outside.join("dir/nested")).unwrap();
+        fs::write(outside.join("canary.txt"), b"do not touch").unwrap();
+        fs::write(outside.join("dir/secret"), b"secret").unwrap();
+        fs::write(outside.join("dir/nested/deep"), b"deep").unwrap();
+        fs::create_dir(base.join("root-sibling")).unwrap();
+        fs::write(base.join("root-sibling/canary"), b"sibling").unwrap();
+        World {
+            _tmp: tmp,
+            base,
+            root,
+            outside,
+        }
+    }
+
+    pub fn in_root(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Plants a symlink at `rel` (beneath the root) pointing at `target`.
+    pub fn plant_symlink(&self, rel: &str, target: &Path) {
+        let at = self.in_root(rel);
+        if let Some(parent) = at.parent() {
+            fs::create_dir_all(parent).unwrap();
+        }
+        symlink(target, at).unwrap();
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut entries = BTreeMap::new();
+        walk(&self.base, &self.base, &mut entries);
+        Snapshot { entries }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File(u64),
+    Symlink(PathBuf),
+    Other(u32),
+}
+
+/// path (relative to the world) -> (kind with content hash / link target, mode, uid, gid)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub kind: Kind,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub entries: BTreeMap<PathBuf, Entry>,
+}
+
+fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let md = fs::symlink_metadata(&path).unwrap();
+        let ft = md.file_type();
+        let kind = if ft.is_symlink() {
+            Kind::Symlink(fs::read_link(&path).unwrap())
+        } else if ft.is_dir() {
+            Kind::Dir
+        } else if ft.is_file() {
+            let mut h = DefaultHasher::new();
+            fs::read(&path).unwrap().hash(&mut h);
+            Kind::File(h.finish())
+        } else {
+            Kind::Other(md.mode() & 0o170000)
+        };
+        out.insert(
+            path.strip_prefix(base).unwrap().to_path_buf(),
+            Entry {
+                kind: kind.clone(),
+                mode: md.mode() & 0o7777,
+                uid: md.uid(),
+                gid: md.gid(),
+            },
+        );
+        if kind == Kind::Dir {
+            walk(base, &path, out);
+        }
+    }
+}
+
+impl Snapshot {
+    /// Asserts that every difference lies inside the volume's own directory `volume`
+    /// (a path beneath the root, relative to it), or is the addition or removal of one of
+    /// its ancestors beneath the root (template parents created for it or cleaned up after
+    /// it); an ancestor present on both sides must be unchanged. `None`: nothing may change.
+    pub fn assert_only_volume_changed(&self, after: &Snapshot, volume: Option<&str>) {
+        let volume = volume.map(|v| Path::new("root").join(v));
+        let inside = |p: &Path| volume.as_ref().is_some_and(|v| p.starts_with(v));
+        let is_new_ancestor = |p: &Path| {
+            volume
+                .as_ref()
+                .is_some_and(|v| v.starts_with(p) && p != Path::new("root"))
+        };
+        for (path, before) in &self.entries {
+            if inside(path) || (is_new_ancestor(path) && !after.entries.contains_key(path)) {
+                continue;
+            }
+            assert_eq!(
+                after.entries.get(path),
+                Some(before),
+                "{} changed or vanished outside the volume directory",
+                path.display()
+            );
+        }
+        for path in after.entries.keys() {
+            if self.entries.contains_key(path) || inside(path) || is_new_ancestor(path) {
+                continue;
+            }
+            panic!("{} appeared outside the volume directory", path.display());
+        }
+    }
+
+    pub fn assert_unchanged(&self, after: &Snapshot) {
+        self.assert_only_volume_changed(after, None);
+    }
+}
