@@ -118,7 +118,7 @@ pub async fn run_observed(
         provisioner_name: settings.provisioner_name.clone(),
         nfs_server: settings.nfs_server.clone(),
         export: settings.export.clone(),
-        default_permissions: settings.default_permissions.clone(),
+        default_permissions: settings.default_permissions,
         root,
         claims: watches.claims.clone(),
         volumes: watches.volumes.clone(),
@@ -245,10 +245,10 @@ pub async fn run_observed(
 
     metrics.leader.set(0);
     elector_stop.cancel();
-    if let Some(elector) = elector {
-        if let Err(e) = elector.await {
-            error!(error = %e, "leader election task failed");
-        }
+    if let Some(elector) = elector
+        && let Err(e) = elector.await
+    {
+        error!(error = %e, "leader election task failed");
     }
     info!("stopped");
     Ok(())

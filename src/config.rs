@@ -403,7 +403,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(format!("{s:?} has an unknown unit (use ms, s, m or h)")),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 365.0 * 86400.0 {
+    if !seconds.is_finite() || !(0.0..=365.0 * 86400.0).contains(&seconds) {
         return Err(format!("{s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(seconds))

@@ -135,16 +135,14 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn bucket_allows_a_burst_then_the_sustained_rate() {
         let layer = RateLimitLayer::new(10.0, 5);
-        let mut bucket = layer.bucket.lock().unwrap();
+        let take = || layer.bucket.lock().unwrap().take();
         for _ in 0..5 {
-            assert!(bucket.take().is_none(), "burst tokens are free");
+            assert!(take().is_none(), "burst tokens are free");
         }
-        let wait = bucket.take().expect("bucket is empty");
+        let wait = take().expect("bucket is empty");
         assert!(wait <= Duration::from_millis(100) && wait > Duration::ZERO);
-        drop(bucket);
         tokio::time::advance(Duration::from_secs(1)).await;
-        let mut bucket = layer.bucket.lock().unwrap();
-        let granted = (0..20).filter(|_| bucket.take().is_none()).count();
+        let granted = (0..20).filter(|_| take().is_none()).count();
         assert_eq!(granted, 5, "refill is capped at the burst size");
     }
 }

@@ -73,10 +73,10 @@ pub enum Error {
     InvalidParameters {
         class: String,
         #[source]
-        source: ParameterError,
+        source: Box<ParameterError>,
     },
     #[error("invalid claim annotation: {0}")]
-    InvalidClaimAnnotation(#[source] ParameterError),
+    InvalidClaimAnnotation(#[source] Box<ParameterError>),
     #[error("unsafe volume path: {0}")]
     UnsafePath(#[source] PlanError),
     #[error(

@@ -144,7 +144,7 @@ async fn provision(
         ClassParameters::parse(class.parameters.as_ref().unwrap_or(&empty)).map_err(|source| {
             Error::InvalidParameters {
                 class: class_name.clone(),
-                source,
+                source: Box::new(source),
             }
         })?;
     let capacity = requested_storage(claim).ok_or(Error::NoStorageRequest)?;
@@ -159,7 +159,7 @@ async fn provision(
     let directory = plan_directory(&parameters, &request).map_err(Error::UnsafePath)?;
     let permissions =
         DirectoryPermissions::resolve(&ctx.default_permissions, &parameters, claim.annotations())
-            .map_err(Error::InvalidClaimAnnotation)?;
+            .map_err(|e| Error::InvalidClaimAnnotation(Box::new(e)))?;
 
     ctx.events
         .on_claim(

@@ -96,7 +96,8 @@ async fn reconcile_volume(
         // claim is gone and the binder marks the PV Released.
         return Ok(Next::Done);
     }
-    if !deleting && !(released && reclaim_policy(pv) == "Delete") {
+    let reclaimable = deleting || (released && reclaim_policy(pv) == "Delete");
+    if !reclaimable {
         // Pending/Available volumes wait for the binder; Retain keeps the PV and its data.
         return Ok(Next::Done);
     }
@@ -245,7 +246,7 @@ fn delete_policy(ctx: &Context, pv: &PersistentVolume) -> Result<OnDelete> {
         ClassParameters::parse(class.parameters.as_ref().unwrap_or(&empty)).map_err(|source| {
             Error::InvalidParameters {
                 class: class_name,
-                source,
+                source: Box::new(source),
             }
         })?;
     Ok(parameters.on_delete)
