@@ -1,0 +1,352 @@
+//! The cluster a scenario runs against: the in-process fake API server (default), or a real
+//! cluster when `E2E_KUBECONFIG` names a kubeconfig. Scenarios talk to either through a plain
+//! `kube::Client`; only fault injection needs the fake.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use fake_apiserver::{FakeApiServer, Options};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::provisioner::ProvisionerOptions;
+
+/// User the provisioner authenticates as against the fake server (RBAC subject in `rbac/`).
+pub const PROVISIONER_USER: &str = "system:serviceaccount:nfs-provisioner:nfs-provisioner";
+
+pub struct TestCluster {
+    fake: Option<FakeApiServer>,
+    pub client: Client,
+    provisioner_config: kube::Config,
+    pub namespace: String,
+    pub provisioner_name: String,
+    classes: std::sync::Mutex<Vec<String>>,
+    /// Scales waits: a real control plane binds in seconds, the fake in milliseconds.
+    pub patience: Duration,
+}
+
+fn random_suffix() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|u| u.trim().chars().filter(|c| *c != '-').take(8).collect())
+        .unwrap_or_else(|_| format!("{:08x}", std::process::id()))
+}
+
+/// The real cluster's kubeconfig, when the scenarios should run against one.
+pub fn real_cluster_kubeconfig() -> Option<String> {
+    std::env::var("E2E_KUBECONFIG").ok().filter(|s| !s.is_empty())
+}
+
+impl TestCluster {
+    /// A fake control plane (with the PV binder), or the real cluster of `E2E_KUBECONFIG`.
+    pub async fn start(test: &str) -> Self {
+        static ANNOUNCE: std::sync::Once = std::sync::Once::new();
+        ANNOUNCE.call_once(|| match real_cluster_kubeconfig() {
+            Some(path) => eprintln!("e2e: running scenarios against the real cluster of E2E_KUBECONFIG={path}"),
+            None => eprintln!(
+                "e2e: E2E_KUBECONFIG is not set: real-cluster run SKIPPED; scenarios run against the fake API server"
+            ),
+        });
+        match real_cluster_kubeconfig() {
+            Some(path) => Self::real(test, &path).await,
+            None => Self::fake(Options::default()).await,
+        }
+    }
+
+    /// Always the fake: for scenarios that inject faults.
+    pub async fn fake(options: Options) -> Self {
+        let fake = FakeApiServer::start(options).await.expect("fake API server starts");
+        let config_for = |user: &str| {
+            let mut config = kube::Config::new(fake.url().parse().expect("url"));
+            config.auth_info.token = Some(fake.token_for(user).into());
+            config
+        };
+        let client = Client::try_from(config_for("admin")).expect("client");
+        let provisioner_config = config_for(PROVISIONER_USER);
+        Self {
+            fake: Some(fake),
+            client,
+            provisioner_config,
+            namespace: format!("e2e-{}", random_suffix()),
+            provisioner_name: "example.com/nfs".to_string(),
+            classes: Default::default(),
+            patience: Duration::from_secs(30),
+        }
+    }
+
+    async fn real(test: &str, kubeconfig: &str) -> Self {
+        let config = nfs_provisioner::kube_client::load_config(Some(Path::new(kubeconfig)))
+            .await
+            .expect("E2E_KUBECONFIG loads");
+        let client = Client::try_from(config.clone()).expect("client");
+        let suffix = random_suffix();
+        let namespace = format!("e2e-{}-{suffix}", test.replace('_', "-").chars().take(30).collect::<String>());
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        Self {
+            fake: None,
+            client,
+            provisioner_config: config,
+            namespace,
+            provisioner_name: format!("e2e-{suffix}.nfs-provisioner.io/test"),
+            classes: Default::default(),
+            patience: Duration::from_secs(180),
+        }
+    }
+
+    pub fn fake_server(&self) -> Option<&FakeApiServer> {
+        self.fake.as_ref()
+    }
+
+    pub fn provisioner_config(&self) -> kube::Config {
+        self.provisioner_config.clone()
+    }
+
+    /// A config authenticating as another user of the fake (e.g. a second replica).
+    pub fn fake_config_for(&self, user: &str) -> kube::Config {
+        let fake = self.fake.as_ref().expect("fake cluster");
+        let mut config = kube::Config::new(fake.url().parse().expect("url"));
+        config.auth_info.token = Some(fake.token_for(user).into());
+        config
+    }
+
+    pub fn provisioner_options(&self, root: &Path) -> ProvisionerOptions {
+        let mut o = ProvisionerOptions::new(&self.provisioner_name, root);
+        o.lease_namespace = if self.fake.is_some() {
+            "nfs-provisioner".to_string()
+        } else {
+            self.namespace.clone()
+        };
+        o
+    }
+
+    pub fn classes(&self) -> Api<StorageClass> {
+        Api::all(self.client.clone())
+    }
+    pub fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+    pub fn volumes(&self) -> Api<PersistentVolume> {
+        Api::all(self.client.clone())
+    }
+
+    /// Creates a StorageClass of this provisioner; its name is unique to the test run.
+    pub async fn create_class(&self, short: &str, parameters: &[(&str, &str)], reclaim: &str) -> String {
+        self.create_class_with(short, parameters, reclaim, |_| {}).await
+    }
+
+    pub async fn create_class_with(
+        &self,
+        short: &str,
+        parameters: &[(&str, &str)],
+        reclaim: &str,
+        mutate: impl FnOnce(&mut StorageClass),
+    ) -> String {
+        let name = format!("{}-{short}", self.namespace);
+        let mut class = StorageClass {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            provisioner: self.provisioner_name.clone(),
+            parameters: Some(
+                parameters
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            reclaim_policy: Some(reclaim.to_string()),
+            ..Default::default()
+        };
+        mutate(&mut class);
+        self.classes()
+            .create(&PostParams::default(), &class)
+            .await
+            .expect("create storage class");
+        self.classes.lock().unwrap().push(name.clone());
+        name
+    }
+
+    pub async fn delete_class(&self, name: &str) {
+        self.classes()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete storage class");
+    }
+
+    pub fn claim(name: &str, class: &str) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteMany".to_string()]),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity("1Mi".to_string()))])),
+                    ..Default::default()
+                }),
+                storage_class_name: Some(class.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub async fn create_claim(&self, claim: &PersistentVolumeClaim) -> PersistentVolumeClaim {
+        self.claims()
+            .create(&PostParams::default(), claim)
+            .await
+            .expect("create claim")
+    }
+
+    pub async fn delete_claim(&self, name: &str) {
+        self.claims()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("delete claim");
+    }
+
+    /// Polls `check` until it returns `Some`, or panics after `patience` with `what`.
+    pub async fn eventually<T, F, Fut>(&self, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.patience;
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the claim is Bound and returns its PV.
+    pub async fn wait_bound(&self, claim: &str) -> PersistentVolume {
+        let pv_name = self
+            .eventually(&format!("claim {claim} to be Bound"), || async {
+                let c = self.claims().get_opt(claim).await.ok()??;
+                let bound = c.status.as_ref()?.phase.as_deref() == Some("Bound");
+                bound.then(|| c.spec?.volume_name).flatten()
+            })
+            .await;
+        self.volumes().get(&pv_name).await.expect("bound PV exists")
+    }
+
+    pub async fn wait_volume_gone(&self, pv: &str) {
+        self.eventually(&format!("PV {pv} to be gone"), || async {
+            matches!(self.volumes().get_opt(pv).await, Ok(None)).then_some(())
+        })
+        .await
+    }
+
+    pub async fn wait_volume_phase(&self, pv: &str, phase: &str) -> PersistentVolume {
+        self.eventually(&format!("PV {pv} to be {phase}"), || async {
+            let v = self.volumes().get_opt(pv).await.ok()??;
+            (v.status.as_ref()?.phase.as_deref() == Some(phase)).then_some(v)
+        })
+        .await
+    }
+
+    /// events.k8s.io events about the object `name` in `namespace`.
+    pub async fn events_about(&self, namespace: &str, name: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        api.list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect()
+    }
+
+    /// Waits for an event with `reason` about the claim and returns its note.
+    pub async fn wait_claim_event(&self, claim: &str, reason: &str) -> String {
+        self.eventually(&format!("event {reason} on claim {claim}"), || async {
+            self.events_about(&self.namespace, claim)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| e.note.unwrap_or_default())
+        })
+        .await
+    }
+
+    /// PV events are recorded in `default`, as for every cluster-scoped object.
+    pub async fn wait_volume_event(&self, pv: &str, reason: &str) -> String {
+        self.eventually(&format!("event {reason} on PV {pv}"), || async {
+            self.events_about("default", pv)
+                .await
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some(reason))
+                .map(|e| e.note.unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Removes what the scenario created in a real cluster (the fake just goes away).
+    pub async fn cleanup(self) {
+        if self.fake.is_some() {
+            return;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+        for class in self.classes.lock().unwrap().clone() {
+            let _ = self.classes().delete(&class, &DeleteParams::default()).await;
+        }
+        // PVs left Released by Retain scenarios belong to this run only.
+        if let Ok(list) = self.volumes().list(&ListParams::default()).await {
+            for pv in list.items {
+                let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by") == Some(&self.provisioner_name);
+                if ours {
+                    let name = pv.name_any();
+                    let _ = self.volumes().delete(&name, &DeleteParams::default()).await;
+                    let patch = serde_json::json!({"metadata": {"finalizers": null}});
+                    let _ = self
+                        .volumes()
+                        .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+/// Every entry below `root` (relative paths), for asserting what exists on the "NFS root".
+pub fn entries(root: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                walk(base, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}

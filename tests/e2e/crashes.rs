@@ -1,0 +1,214 @@
+//! Crash safety: the provisioner is killed (every task dropped where it stands, no cleanup) at
+//! each step of provisioning and reclaiming, then started again. The fake API server holds
+//! the request of the step, either before applying it or after applying it but before
+//! answering, so the kill lands exactly there. Needs fault injection: fake control plane only.
+
+use fake_apiserver::{Fault, FaultAction, Options};
+use kube::ResourceExt;
+use nfs_provisioner::persistent_volume::ANN_PROVISIONED_BY;
+
+use crate::cluster::{TestCluster, entries};
+use crate::provisioner::RunningProvisioner;
+
+/// Where to kill the provisioner.
+struct CrashPoint {
+    verb: &'static str,
+    resource: &'static str,
+    action: FaultAction,
+}
+
+async fn provision_with_crash(point: CrashPoint) {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("crash", &[("onDelete", "delete")], "Delete").await;
+    let fault = fake.add_fault(
+        Fault::new(point.action.clone())
+            .verb(point.verb)
+            .resource(point.resource)
+            .times(1),
+    );
+    let first = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.create_claim(&TestCluster::claim("victim", &class)).await;
+    fault.triggered().await;
+    first.kill();
+    fake.clear_faults();
+
+    let second = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let pv = c.wait_bound("victim").await;
+    let ours: Vec<_> = c
+        .volumes()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|v| v.annotations().get(ANN_PROVISIONED_BY) == Some(&c.provisioner_name))
+        .collect();
+    assert_eq!(ours.len(), 1, "no duplicate PV");
+    let dir = format!("{}-victim-{}", c.namespace, pv.name_any());
+    assert_eq!(entries(root.path()), vec![dir], "one directory, referenced by the PV");
+
+    // And the volume still reclaims normally afterwards.
+    c.delete_claim("victim").await;
+    c.wait_volume_gone(&pv.name_any()).await;
+    assert!(entries(root.path()).is_empty());
+    second.stop();
+}
+
+async fn reclaim_with_crash(point: CrashPoint, on_delete: &str) {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("crash", &[("onDelete", on_delete)], "Delete").await;
+    let first = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.create_claim(&TestCluster::claim("victim", &class)).await;
+    let pv = c.wait_bound("victim").await;
+    let dir = format!("{}-victim-{}", c.namespace, pv.name_any());
+    std::fs::write(root.path().join(&dir).join("data"), b"payload").unwrap();
+
+    let fault = fake.add_fault(
+        Fault::new(point.action.clone())
+            .verb(point.verb)
+            .resource(point.resource)
+            .times(1),
+    );
+    c.delete_claim("victim").await;
+    fault.triggered().await;
+    first.kill();
+    fake.clear_faults();
+
+    let second = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.wait_volume_gone(&pv.name_any()).await;
+    let archive = format!("archived-{}-victim-{}", c.namespace, pv.name_any());
+    match on_delete {
+        "delete" => assert!(entries(root.path()).is_empty(), "{:?}", entries(root.path())),
+        "archive" => {
+            assert_eq!(entries(root.path()), vec![archive.clone(), format!("{archive}/data")], "exactly one archive");
+            assert_eq!(std::fs::read(root.path().join(&archive).join("data")).unwrap(), b"payload");
+        }
+        "retain" => assert_eq!(entries(root.path()), vec![dir.clone(), format!("{dir}/data")]),
+        other => unreachable!("{other}"),
+    }
+    second.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_directory_before_the_volume_is_created() {
+    provision_with_crash(CrashPoint {
+        verb: "create",
+        resource: "persistentvolumes",
+        action: FaultAction::Hang,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_volume_was_created_before_the_answer() {
+    provision_with_crash(CrashPoint {
+        verb: "create",
+        resource: "persistentvolumes",
+        action: FaultAction::ApplyThenHang,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_while_writing_an_event() {
+    provision_with_crash(CrashPoint {
+        verb: "create",
+        resource: "events",
+        action: FaultAction::Hang,
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_archiving_before_the_volume_is_deleted() {
+    reclaim_with_crash(
+        CrashPoint {
+            verb: "delete",
+            resource: "persistentvolumes",
+            action: FaultAction::Hang,
+        },
+        "archive",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_deleting_the_directory_before_the_volume_is_deleted() {
+    reclaim_with_crash(
+        CrashPoint {
+            verb: "delete",
+            resource: "persistentvolumes",
+            action: FaultAction::Hang,
+        },
+        "delete",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_volume_delete_was_applied() {
+    reclaim_with_crash(
+        CrashPoint {
+            verb: "delete",
+            resource: "persistentvolumes",
+            action: FaultAction::ApplyThenHang,
+        },
+        "archive",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_finalizer_removal_was_applied() {
+    reclaim_with_crash(
+        CrashPoint {
+            verb: "patch",
+            resource: "persistentvolumes",
+            action: FaultAction::ApplyThenHang,
+        },
+        "retain",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_errors_are_retried_until_they_clear() {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("flaky", &[], "Delete").await;
+    let fault = fake.add_fault(
+        Fault::new(FaultAction::RespondError(500, "InternalError".into()))
+            .verb("create")
+            .resource("persistentvolumes")
+            .times(3),
+    );
+    let p = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.create_claim(&TestCluster::claim("flaky", &class)).await;
+    c.wait_bound("flaky").await;
+    assert_eq!(fault.hits(), 3, "three failed creates, then success");
+    let note = c.wait_claim_event("flaky", "ProvisioningFailed").await;
+    assert!(note.contains("Kubernetes API"), "{note}");
+    p.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_watches_are_resumed_by_relisting() {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("relist", &[], "Delete").await;
+    let p = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.create_claim(&TestCluster::claim("before", &class)).await;
+    c.wait_bound("before").await;
+    // History is compacted and watches cut: resuming from the old resourceVersion gets
+    // 410 Expired, and the provisioner must re-list to see the next claim.
+    fake.compact_and_close_watches();
+    c.create_claim(&TestCluster::claim("after", &class)).await;
+    c.wait_bound("after").await;
+    p.stop();
+}

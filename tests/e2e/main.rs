@@ -1,0 +1,7 @@
+//! End-to-end scenarios: the provisioner against a fake control plane (default) or a real
+//! cluster (`E2E_KUBECONFIG`). Crash and fault scenarios always use the fake.
+
+mod cluster;
+mod crashes;
+mod provisioner;
+mod scenarios;
