@@ -331,7 +331,7 @@ async fn run_pass(inner: &Inner, st: &mut State) {
     };
     for key in &claims {
         for _ in 0..MAX_STEPS {
-            if !inner.kcm_active() || !inner.with_store(|s| claim_step(s, st, key)) {
+            if !inner.with_store(|s| inner.kcm_active() && claim_step(s, st, key)) {
                 break;
             }
             if let Some(d) = inner.kcm_step_delay {
@@ -341,7 +341,7 @@ async fn run_pass(inner: &Inner, st: &mut State) {
     }
     for name in &pvs {
         for _ in 0..MAX_STEPS {
-            if !inner.kcm_active() || !inner.with_store(|s| pv_step(s, name)) {
+            if !inner.with_store(|s| inner.kcm_active() && pv_step(s, name)) {
                 break;
             }
             if let Some(d) = inner.kcm_step_delay {

@@ -406,11 +406,14 @@ impl FakeApiServer {
     /// Pauses (`true`) or resumes the controller-manager stand-in.
     pub fn pause_controller_manager(&self, paused: bool) {
         self.inner.kcm_tx.send_modify(|s| s.1 = paused);
+        // a step checks the flag under the store lock: once we hold it, none is in flight
+        drop(self.inner.store.lock().expect("lock"));
     }
 
     /// Turns the controller-manager stand-in on or off.
     pub fn set_controller_manager(&self, enabled: bool) {
         self.inner.kcm_tx.send_modify(|s| s.0 = enabled);
+        drop(self.inner.store.lock().expect("lock"));
     }
 
     /// Switches the imitated version (affects later writes only).

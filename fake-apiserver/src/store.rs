@@ -317,9 +317,11 @@ impl Store {
         obj
     }
 
-    /// Forgets all history: any watch or continue token from before now gets 410.
+    /// Forgets all history: any watch or continue token from a revision handed out before
+    /// now gets 410.
     pub fn compact(&mut self) {
-        let rv = self.rv;
+        // A new (empty) revision, so every revision handed out so far is now too old.
+        let rv = self.bump();
         for ks in &mut self.kinds {
             ks.history.clear();
             ks.floor = rv;
