@@ -129,8 +129,12 @@ impl ActiveFault {
             return false;
         }
         f.method.as_ref().is_none_or(|m| *m == r.method)
-            && f.path_prefix.as_ref().is_none_or(|p| r.path.starts_with(p.as_str()))
-            && f.resource.as_ref().is_none_or(|x| Some(x) == r.resource.as_ref())
+            && f.path_prefix
+                .as_ref()
+                .is_none_or(|p| r.path.starts_with(p.as_str()))
+            && f.resource
+                .as_ref()
+                .is_none_or(|x| Some(x) == r.resource.as_ref())
             && f.verb.as_ref().is_none_or(|x| Some(x) == r.verb.as_ref())
             && f.user.as_ref().is_none_or(|x| *x == r.user)
             && f.name.as_ref().is_none_or(|x| Some(x) == r.name.as_ref())

@@ -63,10 +63,14 @@ fn collect(s: &Store, st: &mut State) -> Option<(BTreeSet<Key>, BTreeSet<String>
     let mut claims = BTreeSet::new();
     let mut pvs = BTreeSet::new();
     if !st.full {
-        let evs: Result<Vec<_>, _> = [Kind::PersistentVolumeClaim, Kind::PersistentVolume, Kind::StorageClass]
-            .into_iter()
-            .map(|k| s.events_since(k, st.last).map(|e| (k, e)))
-            .collect();
+        let evs: Result<Vec<_>, _> = [
+            Kind::PersistentVolumeClaim,
+            Kind::PersistentVolume,
+            Kind::StorageClass,
+        ]
+        .into_iter()
+        .map(|k| s.events_since(k, st.last).map(|e| (k, e)))
+        .collect();
         match evs {
             Ok(per_kind) => {
                 for (kind, evs) in per_kind {
@@ -106,12 +110,27 @@ fn collect(s: &Store, st: &mut State) -> Option<(BTreeSet<Key>, BTreeSet<String>
     }
     if st.full {
         st.pv_by_claim.clear();
-        let all_pvs: Vec<Arc<Value>> = s.ks(Kind::PersistentVolume).objects.values().cloned().collect();
+        let all_pvs: Vec<Arc<Value>> = s
+            .ks(Kind::PersistentVolume)
+            .objects
+            .values()
+            .cloned()
+            .collect();
         for pv in &all_pvs {
             st.index_add(pv);
         }
-        claims = s.ks(Kind::PersistentVolumeClaim).objects.keys().cloned().collect();
-        pvs = s.ks(Kind::PersistentVolume).objects.keys().map(|k| k.1.clone()).collect();
+        claims = s
+            .ks(Kind::PersistentVolumeClaim)
+            .objects
+            .keys()
+            .cloned()
+            .collect();
+        pvs = s
+            .ks(Kind::PersistentVolume)
+            .objects
+            .keys()
+            .map(|k| k.1.clone())
+            .collect();
     }
     st.full = false;
     st.last = s.rv;
@@ -137,9 +156,14 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
     if deleting && finalizers(&c).iter().any(|f| f == PVC_PROTECTION) {
         // pvc-protection: no pods are modelled, so the claim is never in use
         let mut new = (*c).clone();
-        let rest: Vec<String> = finalizers(&c).into_iter().filter(|f| f != PVC_PROTECTION).collect();
+        let rest: Vec<String> = finalizers(&c)
+            .into_iter()
+            .filter(|f| f != PVC_PROTECTION)
+            .collect();
         util::set_finalizers(&mut new, rest);
-        return s.update(Kind::PersistentVolumeClaim, key, false, new, false).is_ok();
+        return s
+            .update(Kind::PersistentVolumeClaim, key, false, new, false)
+            .is_ok();
     }
     match path_str(&c, &["spec", "volumeName"]).map(str::to_string) {
         None => {
@@ -147,9 +171,12 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
             let candidates = st.pv_by_claim.get(key).cloned().unwrap_or_default();
             for name in candidates {
                 let pk = pv_key(&name);
-                let Some(pv) = s.get(Kind::PersistentVolume, &pk) else { continue };
+                let Some(pv) = s.get(Kind::PersistentVolume, &pk) else {
+                    continue;
+                };
                 let cr_uid = path_str(&pv, &["spec", "claimRef", "uid"]).unwrap_or_default();
-                if claim_ref_key(&pv).as_ref() != Some(key) || !(cr_uid.is_empty() || cr_uid == uid) {
+                if claim_ref_key(&pv).as_ref() != Some(key) || !(cr_uid.is_empty() || cr_uid == uid)
+                {
                     continue;
                 }
                 if cr_uid.is_empty() {
@@ -157,7 +184,9 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
                     new["spec"]["claimRef"]["uid"] = json!(uid);
                     new["spec"]["claimRef"]["resourceVersion"] =
                         json!(meta_str(&c, "resourceVersion").unwrap_or_default());
-                    return s.update(Kind::PersistentVolume, &pk, false, new, false).is_ok();
+                    return s
+                        .update(Kind::PersistentVolume, &pk, false, new, false)
+                        .is_ok();
                 }
                 if phase(&pv) != Some("Bound") {
                     return set_phase(s, Kind::PersistentVolume, &pk, &pv, "Bound");
@@ -166,7 +195,9 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
                 new["spec"]["volumeName"] = json!(name);
                 set_annotation(&mut new, ANN_BIND_COMPLETED, "yes");
                 set_annotation(&mut new, ANN_BOUND_BY_CONTROLLER, "yes");
-                return s.update(Kind::PersistentVolumeClaim, key, false, new, false).is_ok();
+                return s
+                    .update(Kind::PersistentVolumeClaim, key, false, new, false)
+                    .is_ok();
             }
             if deleting {
                 return false;
@@ -193,7 +224,10 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
                 KubeVersion::V1_19 => &[ANN_BETA_STORAGE_PROVISIONER],
                 KubeVersion::V1_33 => &[ANN_STORAGE_PROVISIONER, ANN_BETA_STORAGE_PROVISIONER],
             };
-            if wanted.iter().all(|a| annotation(&c, a) == Some(provisioner)) {
+            if wanted
+                .iter()
+                .all(|a| annotation(&c, a) == Some(provisioner))
+            {
                 return false;
             }
             let provisioner = provisioner.to_string();
@@ -201,7 +235,8 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
             for a in wanted {
                 set_annotation(&mut new, a, &provisioner);
             }
-            s.update(Kind::PersistentVolumeClaim, key, false, new, false).is_ok()
+            s.update(Kind::PersistentVolumeClaim, key, false, new, false)
+                .is_ok()
         }
         Some(vn) => {
             let pk = pv_key(&vn);
@@ -223,7 +258,9 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
                         "namespace": key.0, "name": key.1, "uid": uid,
                         "resourceVersion": meta_str(&c, "resourceVersion").unwrap_or_default(),
                     });
-                    return s.update(Kind::PersistentVolume, &pk, false, new, false).is_ok();
+                    return s
+                        .update(Kind::PersistentVolume, &pk, false, new, false)
+                        .is_ok();
                 }
                 if bind_completed && phase(&c) != Some("Lost") {
                     return set_phase(s, Kind::PersistentVolumeClaim, key, &c, "Lost");
@@ -236,7 +273,9 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
             if !bind_completed {
                 let mut new = (*c).clone();
                 set_annotation(&mut new, ANN_BIND_COMPLETED, "yes");
-                return s.update(Kind::PersistentVolumeClaim, key, false, new, false).is_ok();
+                return s
+                    .update(Kind::PersistentVolumeClaim, key, false, new, false)
+                    .is_ok();
             }
             if phase(&c) != Some("Bound") {
                 let mut new = (*c).clone();
@@ -245,7 +284,9 @@ fn claim_step(s: &mut Store, st: &State, key: &Key) -> bool {
                     "accessModes": pv["spec"]["accessModes"].clone(),
                     "capacity": pv["spec"]["capacity"].clone(),
                 });
-                return s.update(Kind::PersistentVolumeClaim, key, true, new, false).is_ok();
+                return s
+                    .update(Kind::PersistentVolumeClaim, key, true, new, false)
+                    .is_ok();
             }
             false
         }
@@ -263,9 +304,14 @@ fn pv_step(s: &mut Store, name: &str) -> bool {
         && finalizers(&pv).iter().any(|f| f == PV_PROTECTION)
     {
         let mut new = (*pv).clone();
-        let rest: Vec<String> = finalizers(&pv).into_iter().filter(|f| f != PV_PROTECTION).collect();
+        let rest: Vec<String> = finalizers(&pv)
+            .into_iter()
+            .filter(|f| f != PV_PROTECTION)
+            .collect();
         util::set_finalizers(&mut new, rest);
-        return s.update(Kind::PersistentVolume, &pk, false, new, false).is_ok();
+        return s
+            .update(Kind::PersistentVolume, &pk, false, new, false)
+            .is_ok();
     }
     let Some(ck) = claim_ref_key(&pv) else {
         if p != "Available" {
@@ -313,7 +359,9 @@ fn pv_step(s: &mut Store, name: &str) -> bool {
                 if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
                     spec.remove("claimRef");
                 }
-                return s.update(Kind::PersistentVolume, &pk, false, new, false).is_ok();
+                return s
+                    .update(Kind::PersistentVolume, &pk, false, new, false)
+                    .is_ok();
             }
             if p != "Available" {
                 return set_phase(s, Kind::PersistentVolume, &pk, &pv, "Available");

@@ -17,8 +17,8 @@ mod util;
 
 pub use faults::{Fault, FaultAction, FaultHandle, Partition, RequestRecord};
 pub use kcm::{
-    ANN_BETA_STORAGE_PROVISIONER, ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER,
-    ANN_PROVISIONED_BY, ANN_SELECTED_NODE, ANN_STORAGE_PROVISIONER,
+    ANN_BETA_STORAGE_PROVISIONER, ANN_BIND_COMPLETED, ANN_BOUND_BY_CONTROLLER, ANN_PROVISIONED_BY,
+    ANN_SELECTED_NODE, ANN_STORAGE_PROVISIONER,
 };
 pub use rbac::RbacPolicy;
 pub use resource::Kind;
@@ -225,7 +225,10 @@ impl FakeApiServer {
     /// from `apiVersion` and `kind`; uid and creationTimestamp are filled when missing).
     /// Watchers see ADDED or MODIFIED. Returns the stored object.
     pub fn put_object(&self, obj: Value) -> Result<Value, String> {
-        let av = obj.get("apiVersion").and_then(Value::as_str).unwrap_or_default();
+        let av = obj
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let k = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
         let kind = Kind::from_api_version_kind(av, k)
             .ok_or_else(|| format!("unsupported apiVersion/kind {av}/{k}"))?;

@@ -101,7 +101,8 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
         return Ok(());
     }
     let last = tokens.last().expect("non-empty").clone();
-    let missing = || format!("add operation does not apply: doc is missing path: {path:?}: missing value");
+    let missing =
+        || format!("add operation does not apply: doc is missing path: {path:?}: missing value");
     match get_parent_mut(doc, &tokens).ok_or_else(missing)? {
         Value::Object(m) => {
             m.insert(last, value);
@@ -112,11 +113,13 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), String> {
                 a.push(value);
                 return Ok(());
             }
-            let idx: usize = last
-                .parse()
-                .map_err(|_| format!("Unable to access invalid index: {last}: invalid index referenced"))?;
+            let idx: usize = last.parse().map_err(|_| {
+                format!("Unable to access invalid index: {last}: invalid index referenced")
+            })?;
             if idx > a.len() {
-                return Err(format!("Unable to access invalid index: {idx}: invalid index referenced"));
+                return Err(format!(
+                    "Unable to access invalid index: {idx}: invalid index referenced"
+                ));
             }
             a.insert(idx, value);
             Ok(())
@@ -131,17 +134,20 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
         .last()
         .ok_or_else(|| "unable to remove the whole document".to_string())?
         .clone();
-    let missing = || format!("remove operation does not apply: doc is missing path: {path:?}: missing value");
+    let missing =
+        || format!("remove operation does not apply: doc is missing path: {path:?}: missing value");
     match get_parent_mut(doc, &tokens).ok_or_else(missing)? {
         Value::Object(m) => m
             .remove(&last)
             .ok_or_else(|| format!("Unable to remove nonexistent key: {last}: missing value")),
         Value::Array(a) => {
-            let idx: usize = last
-                .parse()
-                .map_err(|_| format!("Unable to access invalid index: {last}: invalid index referenced"))?;
+            let idx: usize = last.parse().map_err(|_| {
+                format!("Unable to access invalid index: {last}: invalid index referenced")
+            })?;
             if idx >= a.len() {
-                return Err(format!("Unable to access invalid index: {idx}: invalid index referenced"));
+                return Err(format!(
+                    "Unable to access invalid index: {idx}: invalid index referenced"
+                ));
             }
             Ok(a.remove(idx))
         }
@@ -152,9 +158,9 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, String> {
 /// Applies an RFC 6902 JSON patch. Error texts follow evanphx/json-patch, which
 /// kube-apiserver uses and quotes in its 422 answers.
 pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
-    let ops = ops
-        .as_array()
-        .ok_or_else(|| "json: cannot unmarshal object into Go value of type jsonpatch.Patch".to_string())?;
+    let ops = ops.as_array().ok_or_else(|| {
+        "json: cannot unmarshal object into Go value of type jsonpatch.Patch".to_string()
+    })?;
     for op in ops {
         let kind = op.get("op").and_then(Value::as_str).unwrap_or("");
         let path = op
@@ -162,11 +168,7 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), String> {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("operation missing path field: {op}"))?;
         match kind {
-            "add" => add(
-                doc,
-                path,
-                op.get("value").cloned().ok_or("missing value")?,
-            )?,
+            "add" => add(doc, path, op.get("value").cloned().ok_or("missing value")?)?,
             "remove" => {
                 remove(doc, path)?;
             }
@@ -225,14 +227,23 @@ mod tests {
         assert_eq!(doc, json!({"metadata": {"finalizers": ["b"]}}));
         let bad = json!([{"op": "test", "path": "/metadata/finalizers/0", "value": "a"}]);
         let err = json_patch(&mut doc, &bad).unwrap_err();
-        assert_eq!(err, "testing value /metadata/finalizers/0 failed: test failed");
+        assert_eq!(
+            err,
+            "testing value /metadata/finalizers/0 failed: test failed"
+        );
     }
 
     #[test]
     fn merge_and_strategic() {
         let mut doc = json!({"metadata": {"finalizers": ["a"], "labels": {"x": "1"}}});
-        strategic_merge_patch(&mut doc, &json!({"metadata": {"finalizers": ["b"], "labels": {"x": null}}}));
-        assert_eq!(doc, json!({"metadata": {"finalizers": ["a", "b"], "labels": {}}}));
+        strategic_merge_patch(
+            &mut doc,
+            &json!({"metadata": {"finalizers": ["b"], "labels": {"x": null}}}),
+        );
+        assert_eq!(
+            doc,
+            json!({"metadata": {"finalizers": ["a", "b"], "labels": {}}})
+        );
         merge_patch(&mut doc, &json!({"metadata": {"finalizers": ["c"]}}));
         assert_eq!(doc["metadata"]["finalizers"], json!(["c"]));
     }

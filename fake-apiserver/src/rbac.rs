@@ -80,7 +80,9 @@ impl RbacPolicy {
     }
 
     /// Builds a policy from RBAC objects; objects of other kinds are ignored.
-    pub fn from_objects<'a>(objects: impl IntoIterator<Item = &'a Value>) -> Result<RbacPolicy, String> {
+    pub fn from_objects<'a>(
+        objects: impl IntoIterator<Item = &'a Value>,
+    ) -> Result<RbacPolicy, String> {
         let mut p = RbacPolicy::default();
         for o in objects {
             p.add_object(o)?;
@@ -133,7 +135,9 @@ impl RbacPolicy {
                                     .and_then(Value::as_str)
                                     .map(str::to_string)
                                     .or_else(|| ns.clone())?;
-                                Some(Subject::User(format!("system:serviceaccount:{sns}:{sname}")))
+                                Some(Subject::User(format!(
+                                    "system:serviceaccount:{sns}:{sname}"
+                                )))
                             }
                             "User" => Some(Subject::User(sname)),
                             "Group" => Some(Subject::Group(sname)),
@@ -202,7 +206,8 @@ impl RbacPolicy {
         if rule.resource_names.is_empty() {
             return true;
         }
-        a.name.is_some_and(|n| rule.resource_names.iter().any(|x| x == n))
+        a.name
+            .is_some_and(|n| rule.resource_names.iter().any(|x| x == n))
     }
 
     /// Whether the request is allowed.

@@ -70,8 +70,10 @@ fn full(code: u16, body: Vec<u8>) -> Response<RespBody> {
 fn error_response(e: &ApiError) -> Response<RespBody> {
     let mut r = full(e.code, e.to_json());
     if let Some(s) = e.details.as_ref().and_then(|d| d.retry_after_seconds) {
-        r.headers_mut()
-            .insert(hyper::header::RETRY_AFTER, s.to_string().parse().expect("digits"));
+        r.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            s.to_string().parse().expect("digits"),
+        );
     }
     r
 }
@@ -116,7 +118,7 @@ pub(crate) fn parse_route(path: &str) -> Option<Route> {
         return None;
     }
     let subresource = rest.get(2).map(|s| s.to_string()).unwrap_or_default();
-    if !subresource.is_empty() && !(subresource == "status" && kind.has_status()) {
+    if !(subresource.is_empty() || subresource == "status" && kind.has_status()) {
         return None;
     }
     Some(Route {
@@ -248,7 +250,13 @@ pub(crate) async fn handle(
     }
 
     // network partitions
-    let partition = inner.faults.lock().expect("lock").partitions.get(&user).copied();
+    let partition = inner
+        .faults
+        .lock()
+        .expect("lock")
+        .partitions
+        .get(&user)
+        .copied();
     match partition {
         Some(Partition::Refuse) => return Err(DropConnection),
         Some(Partition::Hang) => {
@@ -257,7 +265,13 @@ pub(crate) async fn handle(
                 i.faults.lock().expect("lock").partitions.contains_key(&u)
             })
             .await?;
-            let again = inner.faults.lock().expect("lock").partitions.get(&user).copied();
+            let again = inner
+                .faults
+                .lock()
+                .expect("lock")
+                .partitions
+                .get(&user)
+                .copied();
             if again == Some(Partition::Refuse) {
                 return Err(DropConnection);
             }
@@ -289,11 +303,20 @@ pub(crate) async fn handle(
 
     let response = match (route, verb) {
         (Some(route), Some(verb)) => {
-            dispatch(&inner, &route, verb, &user, &query, content_type.as_deref(), &body).await
+            dispatch(
+                &inner,
+                &route,
+                verb,
+                &user,
+                &query,
+                content_type.as_deref(),
+                &body,
+            )
+            .await
         }
-        (Some(_), None) => Err(ApiError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource"
-        ))),
+        (Some(_), None) => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource".to_string(),
+        )),
         (None, _) => Err(ApiError::no_route()),
     };
     let response = match response {
@@ -309,9 +332,7 @@ pub(crate) async fn handle(
 
 fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
-            "couldn't get version/kind; json parse error: {e}"
-        ))
+        ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
     })
 }
 
@@ -352,7 +373,9 @@ async fn dispatch(
         let mut name = route.name.clone();
         if name.is_none()
             && matches!(verb, "list" | "watch")
-            && let Some(Requirement::Eq(_, n)) = fields.iter().find(|r| matches!(r, Requirement::Eq(k, _) if k == "metadata.name"))
+            && let Some(Requirement::Eq(_, n)) = fields
+                .iter()
+                .find(|r| matches!(r, Requirement::Eq(k, _) if k == "metadata.name"))
         {
             name = Some(n.clone());
         }
@@ -391,9 +414,10 @@ async fn dispatch(
         }
         "list" => {
             let limit = match query_get(query, "limit") {
-                Some(l) if !l.is_empty() => Some(l.parse::<usize>().map_err(|_| {
-                    ApiError::bad_request(format!("invalid limit: {l}"))
-                })?),
+                Some(l) if !l.is_empty() => Some(
+                    l.parse::<usize>()
+                        .map_err(|_| ApiError::bad_request(format!("invalid limit: {l}")))?,
+                ),
                 _ => None,
             };
             let exact_rv = if query_get(query, "resourceVersionMatch") == Some("Exact") {
@@ -423,9 +447,8 @@ async fn dispatch(
         }
         "create" => {
             let obj = parse_body(body)?;
-            let created = inner.with_store(|s| {
-                s.create(kind, route.namespace.as_deref(), obj, dry_run)
-            })?;
+            let created =
+                inner.with_store(|s| s.create(kind, route.namespace.as_deref(), obj, dry_run))?;
             Ok(object_response(201, &created))
         }
         "update" => {
@@ -595,13 +618,14 @@ fn start_watch(
         .unwrap_or(1800);
     let rv_param = query_get(query, "resourceVersion").unwrap_or("");
     let from_now = rv_param.is_empty() || rv_param == "0";
-    let start_rv: Option<u64> = if from_now {
-        None
-    } else {
-        Some(rv_param.parse().map_err(|_| {
-            ApiError::bad_request(format!("invalid resource version: {rv_param}"))
-        })?)
-    };
+    let start_rv: Option<u64> =
+        if from_now {
+            None
+        } else {
+            Some(rv_param.parse().map_err(|_| {
+                ApiError::bad_request(format!("invalid resource version: {rv_param}"))
+            })?)
+        };
     let (tx, rx) = mpsc::channel::<Result<Bytes, BoxError>>(64);
     let (initial, last, epoch) = {
         let s = inner.store.lock().expect("lock");
@@ -734,10 +758,7 @@ async fn run_watch(
                 for e in evs {
                     last = e.rv;
                     let now = filter.matches(&e.key, &e.obj);
-                    let before = e
-                        .prev
-                        .as_ref()
-                        .is_some_and(|p| filter.matches(&e.key, p));
+                    let before = e.prev.as_ref().is_some_and(|p| filter.matches(&e.key, p));
                     let etype = match (e.etype, before, now) {
                         (EventType::Added, _, true) => Some("ADDED"),
                         (EventType::Modified, true, true) => Some("MODIFIED"),

@@ -57,16 +57,13 @@ pub struct Details {
     pub kind: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub causes: Vec<Value>,
-    #[serde(
-        rename = "retryAfterSeconds",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "retryAfterSeconds", skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u32>,
 }
 
 /// A `Status` object with `status: Failure`.
 #[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ApiError {
+pub struct StatusBody {
     kind: &'static str,
     #[serde(rename = "apiVersion")]
     api_version: &'static str,
@@ -79,9 +76,20 @@ pub struct ApiError {
     pub code: u16,
 }
 
+/// An API error answer (boxed: it travels in `Result`s).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError(Box<StatusBody>);
+
+impl std::ops::Deref for ApiError {
+    type Target = StatusBody;
+    fn deref(&self) -> &StatusBody {
+        &self.0
+    }
+}
+
 impl ApiError {
     pub fn new(code: u16, reason: &str, message: String, details: Option<Details>) -> ApiError {
-        ApiError {
+        ApiError(Box::new(StatusBody {
             kind: "Status",
             api_version: "v1",
             metadata: Map::new(),
@@ -90,7 +98,7 @@ impl ApiError {
             reason: reason.into(),
             details,
             code,
-        }
+        }))
     }
 
     fn res_details(kind: Kind, name: &str) -> Details {
@@ -213,7 +221,9 @@ impl ApiError {
         ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, got {ct}"),
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, got {ct}"
+            ),
             Some(Details::default()),
         )
     }
@@ -269,10 +279,10 @@ impl ApiError {
     }
 
     pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        serde_json::to_vec(&*self.0).unwrap_or_default()
     }
 
     pub fn to_value(&self) -> Value {
-        serde_json::to_value(self).unwrap_or(Value::Null)
+        serde_json::to_value(&*self.0).unwrap_or(Value::Null)
     }
 }

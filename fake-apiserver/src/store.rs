@@ -209,10 +209,8 @@ fn validate(kind: Kind, obj: &Value) -> Vec<Cause> {
                 causes.push(Cause::required("spec.resources[storage]", ""));
             }
         }
-        Kind::StorageClass => {
-            if util::path_str(obj, &["provisioner"]).is_none() {
-                causes.push(Cause::required("provisioner", ""));
-            }
+        Kind::StorageClass if util::path_str(obj, &["provisioner"]).is_none() => {
+            causes.push(Cause::required("provisioner", ""));
         }
         _ => {}
     }
@@ -244,9 +242,17 @@ fn validate_update(kind: Kind, old: &Value, new: &Value) -> Vec<Cause> {
         }
     }
     if kind == Kind::StorageClass {
-        for f in ["provisioner", "parameters", "reclaimPolicy", "volumeBindingMode"] {
+        for f in [
+            "provisioner",
+            "parameters",
+            "reclaimPolicy",
+            "volumeBindingMode",
+        ] {
             if old.get(f) != new.get(f) {
-                causes.push(Cause::forbidden(f, &format!("updates to {f} are forbidden.")));
+                causes.push(Cause::forbidden(
+                    f,
+                    &format!("updates to {f} are forbidden."),
+                ));
             }
         }
     }
@@ -736,7 +742,9 @@ impl Store {
                     name,
                     vec![Cause::forbidden(
                         "metadata.finalizers",
-                        &format!("no new finalizers can be added if the object is being deleted, found new finalizers []string{{{list}}}"),
+                        &format!(
+                            "no new finalizers can be added if the object is being deleted, found new finalizers []string{{{list}}}"
+                        ),
                     )],
                 ));
             }
@@ -751,10 +759,7 @@ impl Store {
             && util::phase(&new) != util::phase(&old)
             && let Some(status) = new.get_mut("status").and_then(Value::as_object_mut)
         {
-            status.insert(
-                "lastPhaseTransitionTime".into(),
-                json!(util::now_rfc3339()),
-            );
+            status.insert("lastPhaseTransitionTime".into(), json!(util::now_rfc3339()));
         }
         if new == *old {
             return Ok(old);
@@ -794,7 +799,9 @@ impl Store {
                 return Err(ApiError::conflict(
                     kind,
                     name,
-                    &format!("Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"),
+                    &format!(
+                        "Precondition failed: UID in precondition: {want}, UID in object meta: {uid}"
+                    ),
                 ));
             }
             let rv = meta_str(&old, "resourceVersion").unwrap_or_default();
@@ -804,7 +811,9 @@ impl Store {
                 return Err(ApiError::conflict(
                     kind,
                     name,
-                    &format!("Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"),
+                    &format!(
+                        "Precondition failed: ResourceVersion in precondition: {want}, ResourceVersion in object meta: {rv}"
+                    ),
                 ));
             }
         }

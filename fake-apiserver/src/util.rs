@@ -137,7 +137,7 @@ pub fn hex_encode(s: &str) -> String {
 }
 
 pub fn hex_decode(s: &str) -> Option<String> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     let bytes: Option<Vec<u8>> = s
@@ -326,7 +326,9 @@ pub fn parse_field_selector(s: &str) -> Result<Vec<Requirement>, String> {
         } else if let Some((k, v)) = term.split_once('=') {
             reqs.push(Requirement::Eq(k.trim().into(), v.trim().into()));
         } else {
-            return Err(format!("invalid selector: '{term}'; can't understand '{term}'"));
+            return Err(format!(
+                "invalid selector: '{term}'; can't understand '{term}'"
+            ));
         }
     }
     Ok(reqs)

@@ -8,7 +8,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub async fn server() -> FakeApiServer {
-    FakeApiServer::start(Options::default()).await.expect("start")
+    FakeApiServer::start(Options::default())
+        .await
+        .expect("start")
 }
 
 pub async fn server_with(opts: Options) -> FakeApiServer {
@@ -72,7 +74,9 @@ pub async fn raw(
     content_type: Option<&str>,
     body: Option<&Value>,
 ) -> RawResponse {
-    let mut s = tokio::net::TcpStream::connect(srv.addr()).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(srv.addr())
+        .await
+        .expect("connect");
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: fake\r\nConnection: close\r\n");
     if let Some(t) = token {
@@ -87,18 +91,32 @@ pub async fn raw(
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8(buf).expect("utf8");
     let (head, rest) = text.split_once("\r\n\r\n").expect("head");
-    let status: u16 = head.split(' ').nth(1).expect("status").parse().expect("code");
-    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .expect("status")
+        .parse()
+        .expect("code");
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
     RawResponse {
         status,
         headers: head.to_string(),
-        body: if chunked { dechunk(rest) } else { rest.to_string() },
+        body: if chunked {
+            dechunk(rest)
+        } else {
+            rest.to_string()
+        },
     }
 }
 
 pub fn fixture(name: &str) -> String {
-    std::fs::read_to_string(format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR")))
-        .expect("fixture")
+    std::fs::read_to_string(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .expect("fixture")
 }
 
 pub fn pv_json(name: &str, extra_spec: Value) -> Value {
