@@ -214,7 +214,7 @@ async fn provision(
         Ok(_) => {}
         // A previous attempt (or leader) created it: the name is derived from the claim uid,
         // so this is the same volume.
-        Err(kube::Error::Api(status)) if status.code == 409 => {
+        Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => {
             info!("PV already exists; nothing more to do")
         }
         Err(e) => return Err(e.into()),

@@ -41,7 +41,9 @@ fn random_suffix() -> String {
 
 /// The real cluster's kubeconfig, when the scenarios should run against one.
 pub fn real_cluster_kubeconfig() -> Option<String> {
-    std::env::var("E2E_KUBECONFIG").ok().filter(|s| !s.is_empty())
+    std::env::var("E2E_KUBECONFIG")
+        .ok()
+        .filter(|s| !s.is_empty())
 }
 
 impl TestCluster {
@@ -62,7 +64,9 @@ impl TestCluster {
 
     /// Always the fake: for scenarios that inject faults.
     pub async fn fake(options: Options) -> Self {
-        let fake = FakeApiServer::start(options).await.expect("fake API server starts");
+        let fake = FakeApiServer::start(options)
+            .await
+            .expect("fake API server starts");
         let config_for = |user: &str| {
             let mut config = kube::Config::new(fake.url().parse().expect("url"));
             config.auth_info.token = Some(fake.token_for(user).into());
@@ -87,7 +91,10 @@ impl TestCluster {
             .expect("E2E_KUBECONFIG loads");
         let client = Client::try_from(config.clone()).expect("client");
         let suffix = random_suffix();
-        let namespace = format!("e2e-{}-{suffix}", test.replace('_', "-").chars().take(30).collect::<String>());
+        let namespace = format!(
+            "e2e-{}-{suffix}",
+            test.replace('_', "-").chars().take(30).collect::<String>()
+        );
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(namespace.clone()),
@@ -119,6 +126,7 @@ impl TestCluster {
     }
 
     /// A config authenticating as another user of the fake (e.g. a second replica).
+    #[allow(dead_code)] // used by the leader-election scenarios
     pub fn fake_config_for(&self, user: &str) -> kube::Config {
         let fake = self.fake.as_ref().expect("fake cluster");
         let mut config = kube::Config::new(fake.url().parse().expect("url"));
@@ -147,8 +155,14 @@ impl TestCluster {
     }
 
     /// Creates a StorageClass of this provisioner; its name is unique to the test run.
-    pub async fn create_class(&self, short: &str, parameters: &[(&str, &str)], reclaim: &str) -> String {
-        self.create_class_with(short, parameters, reclaim, |_| {}).await
+    pub async fn create_class(
+        &self,
+        short: &str,
+        parameters: &[(&str, &str)],
+        reclaim: &str,
+    ) -> String {
+        self.create_class_with(short, parameters, reclaim, |_| {})
+            .await
     }
 
     pub async fn create_class_with(
@@ -199,7 +213,10 @@ impl TestCluster {
             spec: Some(PersistentVolumeClaimSpec {
                 access_modes: Some(vec!["ReadWriteMany".to_string()]),
                 resources: Some(VolumeResourceRequirements {
-                    requests: Some(BTreeMap::from([("storage".to_string(), Quantity("1Mi".to_string()))])),
+                    requests: Some(BTreeMap::from([(
+                        "storage".to_string(),
+                        Quantity("1Mi".to_string()),
+                    )])),
                     ..Default::default()
                 }),
                 storage_class_name: Some(class.to_string()),
@@ -313,19 +330,27 @@ impl TestCluster {
             .delete(&self.namespace, &DeleteParams::default())
             .await;
         for class in self.classes.lock().unwrap().clone() {
-            let _ = self.classes().delete(&class, &DeleteParams::default()).await;
+            let _ = self
+                .classes()
+                .delete(&class, &DeleteParams::default())
+                .await;
         }
         // PVs left Released by Retain scenarios belong to this run only.
         if let Ok(list) = self.volumes().list(&ListParams::default()).await {
             for pv in list.items {
-                let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by") == Some(&self.provisioner_name);
+                let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by")
+                    == Some(&self.provisioner_name);
                 if ours {
                     let name = pv.name_any();
                     let _ = self.volumes().delete(&name, &DeleteParams::default()).await;
                     let patch = serde_json::json!({"metadata": {"finalizers": null}});
                     let _ = self
                         .volumes()
-                        .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+                        .patch(
+                            &name,
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(&patch),
+                        )
                         .await;
                 }
             }
@@ -336,7 +361,9 @@ impl TestCluster {
 /// Every entry below `root` (relative paths), for asserting what exists on the "NFS root".
 pub fn entries(root: &Path) -> Vec<String> {
     fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
-        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
         for e in rd.flatten() {
             let p = e.path();
             out.push(p.strip_prefix(base).unwrap().display().to_string());

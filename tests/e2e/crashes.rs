@@ -21,20 +21,24 @@ async fn provision_with_crash(point: CrashPoint) {
     let c = TestCluster::fake(Options::default()).await;
     let fake = c.fake_server().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let class = c.create_class("crash", &[("onDelete", "delete")], "Delete").await;
+    let class = c
+        .create_class("crash", &[("onDelete", "delete")], "Delete")
+        .await;
     let fault = fake.add_fault(
         Fault::new(point.action.clone())
             .verb(point.verb)
             .resource(point.resource)
             .times(1),
     );
-    let first = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let first =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
     c.create_claim(&TestCluster::claim("victim", &class)).await;
     fault.triggered().await;
     first.kill();
     fake.clear_faults();
 
-    let second = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let second =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
     let pv = c.wait_bound("victim").await;
     let ours: Vec<_> = c
         .volumes()
@@ -47,7 +51,11 @@ async fn provision_with_crash(point: CrashPoint) {
         .collect();
     assert_eq!(ours.len(), 1, "no duplicate PV");
     let dir = format!("{}-victim-{}", c.namespace, pv.name_any());
-    assert_eq!(entries(root.path()), vec![dir], "one directory, referenced by the PV");
+    assert_eq!(
+        entries(root.path()),
+        vec![dir],
+        "one directory, referenced by the PV"
+    );
 
     // And the volume still reclaims normally afterwards.
     c.delete_claim("victim").await;
@@ -60,8 +68,11 @@ async fn reclaim_with_crash(point: CrashPoint, on_delete: &str) {
     let c = TestCluster::fake(Options::default()).await;
     let fake = c.fake_server().unwrap();
     let root = tempfile::tempdir().unwrap();
-    let class = c.create_class("crash", &[("onDelete", on_delete)], "Delete").await;
-    let first = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let class = c
+        .create_class("crash", &[("onDelete", on_delete)], "Delete")
+        .await;
+    let first =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
     c.create_claim(&TestCluster::claim("victim", &class)).await;
     let pv = c.wait_bound("victim").await;
     let dir = format!("{}-victim-{}", c.namespace, pv.name_any());
@@ -78,16 +89,31 @@ async fn reclaim_with_crash(point: CrashPoint, on_delete: &str) {
     first.kill();
     fake.clear_faults();
 
-    let second = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let second =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
     c.wait_volume_gone(&pv.name_any()).await;
     let archive = format!("archived-{}-victim-{}", c.namespace, pv.name_any());
     match on_delete {
-        "delete" => assert!(entries(root.path()).is_empty(), "{:?}", entries(root.path())),
+        "delete" => assert!(
+            entries(root.path()).is_empty(),
+            "{:?}",
+            entries(root.path())
+        ),
         "archive" => {
-            assert_eq!(entries(root.path()), vec![archive.clone(), format!("{archive}/data")], "exactly one archive");
-            assert_eq!(std::fs::read(root.path().join(&archive).join("data")).unwrap(), b"payload");
+            assert_eq!(
+                entries(root.path()),
+                vec![archive.clone(), format!("{archive}/data")],
+                "exactly one archive"
+            );
+            assert_eq!(
+                std::fs::read(root.path().join(&archive).join("data")).unwrap(),
+                b"payload"
+            );
         }
-        "retain" => assert_eq!(entries(root.path()), vec![dir.clone(), format!("{dir}/data")]),
+        "retain" => assert_eq!(
+            entries(root.path()),
+            vec![dir.clone(), format!("{dir}/data")]
+        ),
         other => unreachable!("{other}"),
     }
     second.stop();

@@ -36,7 +36,11 @@ impl ProvisionerOptions {
             leader_election: false,
             lease_namespace: "nfs-provisioner".to_string(),
             pod_name: "provisioner-0".to_string(),
-            lease: (Duration::from_secs(3), Duration::from_secs(2), Duration::from_millis(300)),
+            lease: (
+                Duration::from_secs(3),
+                Duration::from_secs(2),
+                Duration::from_millis(300),
+            ),
             extra_args: Vec::new(),
         }
     }
@@ -54,7 +58,11 @@ impl ProvisionerOptions {
             "--mount-path",
             &self.root.display().to_string(),
             "--enable-leader-election",
-            if self.leader_election { "true" } else { "false" },
+            if self.leader_election {
+                "true"
+            } else {
+                "false"
+            },
             "--pod-namespace",
             &self.lease_namespace,
             "--pod-name",

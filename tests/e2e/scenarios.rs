@@ -4,12 +4,13 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec, TypedLocalObjectReference,
+    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeSpec,
+    TypedLocalObjectReference,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::ResourceExt;
+use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use nfs_provisioner::persistent_volume::{ANN_ON_DELETE, ANN_PROVISIONED_BY, FINALIZER};
 
 use crate::cluster::{TestCluster, entries};
@@ -58,7 +59,10 @@ impl Scenario {
 }
 
 fn nfs_of(pv: &PersistentVolume) -> &NFSVolumeSource {
-    pv.spec.as_ref().and_then(|s| s.nfs.as_ref()).expect("nfs PV")
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.nfs.as_ref())
+        .expect("nfs PV")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,17 +80,35 @@ async fn provisions_a_bound_volume_and_archives_it_by_default() {
     // The PV carries everything the claim and class asked for.
     assert_eq!(pv.name_any(), format!("pvc-{}", claim.uid().unwrap()));
     let spec = pv.spec.as_ref().unwrap();
-    assert_eq!(spec.capacity.as_ref().unwrap()["storage"], Quantity("1Mi".into()));
-    assert_eq!(spec.access_modes.as_deref(), Some(&["ReadWriteMany".to_string()][..]));
-    assert_eq!(spec.mount_options.as_deref(), Some(&["nfsvers=4.1".to_string(), "hard".to_string()][..]));
-    assert_eq!(spec.persistent_volume_reclaim_policy.as_deref(), Some("Delete"));
+    assert_eq!(
+        spec.capacity.as_ref().unwrap()["storage"],
+        Quantity("1Mi".into())
+    );
+    assert_eq!(
+        spec.access_modes.as_deref(),
+        Some(&["ReadWriteMany".to_string()][..])
+    );
+    assert_eq!(
+        spec.mount_options.as_deref(),
+        Some(&["nfsvers=4.1".to_string(), "hard".to_string()][..])
+    );
+    assert_eq!(
+        spec.persistent_volume_reclaim_policy.as_deref(),
+        Some("Delete")
+    );
     assert_eq!(spec.storage_class_name.as_deref(), Some(class.as_str()));
     assert_eq!(spec.volume_mode.as_deref(), Some("Filesystem"));
     let claim_ref = spec.claim_ref.as_ref().unwrap();
     assert_eq!(claim_ref.uid, claim.uid());
     assert_eq!(claim_ref.name.as_deref(), Some("data-0"));
-    assert_eq!(pv.annotations().get(ANN_PROVISIONED_BY), Some(&c.provisioner_name));
-    assert_eq!(pv.annotations().get(ANN_ON_DELETE).map(String::as_str), Some("archive"));
+    assert_eq!(
+        pv.annotations().get(ANN_PROVISIONED_BY),
+        Some(&c.provisioner_name)
+    );
+    assert_eq!(
+        pv.annotations().get(ANN_ON_DELETE).map(String::as_str),
+        Some("archive")
+    );
     assert!(pv.finalizers().iter().any(|f| f == FINALIZER));
     let dir = s.default_dir("data-0", &pv);
     assert_eq!(nfs_of(&pv).server, "nfs.example.test");
@@ -99,8 +121,14 @@ async fn provisions_a_bound_volume_and_archives_it_by_default() {
     c.wait_volume_gone(&pv.name_any()).await;
     let archive = format!("archived-{}-data-0-{}", c.namespace, pv.name_any());
     assert!(!s.dir(&dir).exists(), "volume directory moved away");
-    assert_eq!(std::fs::read(s.dir(&archive).join("payload")).unwrap(), b"keep me");
-    assert_eq!(entries(s.root.path()), vec![archive.clone(), format!("{archive}/payload")]);
+    assert_eq!(
+        std::fs::read(s.dir(&archive).join("payload")).unwrap(),
+        b"keep me"
+    );
+    assert_eq!(
+        entries(s.root.path()),
+        vec![archive.clone(), format!("{archive}/payload")]
+    );
     s.finish().await;
 }
 
@@ -108,11 +136,24 @@ async fn provisions_a_bound_volume_and_archives_it_by_default() {
 async fn delete_policies_delete_or_keep_the_directory() {
     let s = Scenario::start("delete-policies").await;
     let c = &s.cluster;
-    let deletes = c.create_class("ondelete-delete", &[("onDelete", "delete")], "Delete").await;
-    let legacy_deletes = c.create_class("archive-false", &[("archiveOnDelete", "false")], "Delete").await;
-    let retains = c.create_class("ondelete-retain", &[("onDelete", "retain")], "Delete").await;
-    let archives = c.create_class("ondelete-archive", &[("onDelete", "archive")], "Delete").await;
-    for (claim, class) in [("a", &deletes), ("b", &legacy_deletes), ("c", &retains), ("d", &archives)] {
+    let deletes = c
+        .create_class("ondelete-delete", &[("onDelete", "delete")], "Delete")
+        .await;
+    let legacy_deletes = c
+        .create_class("archive-false", &[("archiveOnDelete", "false")], "Delete")
+        .await;
+    let retains = c
+        .create_class("ondelete-retain", &[("onDelete", "retain")], "Delete")
+        .await;
+    let archives = c
+        .create_class("ondelete-archive", &[("onDelete", "archive")], "Delete")
+        .await;
+    for (claim, class) in [
+        ("a", &deletes),
+        ("b", &legacy_deletes),
+        ("c", &retains),
+        ("d", &archives),
+    ] {
         c.create_claim(&TestCluster::claim(claim, class)).await;
     }
     let mut volumes = BTreeMap::new();
@@ -131,9 +172,19 @@ async fn delete_policies_delete_or_keep_the_directory() {
     for (pv, _) in volumes.values() {
         c.wait_volume_gone(&pv.name_any()).await;
     }
-    assert!(!s.dir(&volumes["a"].1).exists(), "onDelete: delete removes the directory");
-    assert!(!s.dir(&volumes["b"].1).exists(), "archiveOnDelete: false removes the directory");
-    assert_eq!(std::fs::read(s.dir(&volumes["c"].1).join("data")).unwrap(), b"c", "onDelete: retain keeps it");
+    assert!(
+        !s.dir(&volumes["a"].1).exists(),
+        "onDelete: delete removes the directory"
+    );
+    assert!(
+        !s.dir(&volumes["b"].1).exists(),
+        "archiveOnDelete: false removes the directory"
+    );
+    assert_eq!(
+        std::fs::read(s.dir(&volumes["c"].1).join("data")).unwrap(),
+        b"c",
+        "onDelete: retain keeps it"
+    );
     let archive = format!("archived-{}-d-{}", c.namespace, volumes["d"].0.name_any());
     assert_eq!(std::fs::read(s.dir(&archive).join("data")).unwrap(), b"d");
     s.finish().await;
@@ -143,7 +194,9 @@ async fn delete_policies_delete_or_keep_the_directory() {
 async fn retain_reclaim_keeps_the_volume_and_its_data() {
     let s = Scenario::start("retain").await;
     let c = &s.cluster;
-    let class = c.create_class("retain", &[("onDelete", "delete")], "Retain").await;
+    let class = c
+        .create_class("retain", &[("onDelete", "delete")], "Retain")
+        .await;
     c.create_claim(&TestCluster::claim("keep", &class)).await;
     let pv = c.wait_bound("keep").await;
     let dir = s.default_dir("keep", &pv);
@@ -166,7 +219,10 @@ async fn path_pattern_places_directories_and_removes_empty_parents() {
         .create_class(
             "pattern",
             &[
-                ("pathPattern", "${.PVC.namespace}/${.PVC.labels.team}/${.PVC.annotations.nfs.io/storage-path}"),
+                (
+                    "pathPattern",
+                    "${.PVC.namespace}/${.PVC.labels.team}/${.PVC.annotations.nfs.io/storage-path}",
+                ),
                 ("onDelete", "delete"),
             ],
             "Delete",
@@ -174,7 +230,10 @@ async fn path_pattern_places_directories_and_removes_empty_parents() {
         .await;
     let mut claim = TestCluster::claim("web", &class);
     claim.metadata.labels = Some(BTreeMap::from([("team".into(), "blue".into())]));
-    claim.metadata.annotations = Some(BTreeMap::from([("nfs.io/storage-path".into(), "www".into())]));
+    claim.metadata.annotations = Some(BTreeMap::from([(
+        "nfs.io/storage-path".into(),
+        "www".into(),
+    )]));
     c.create_claim(&claim).await;
     let pv = c.wait_bound("web").await;
     let rel = format!("{}/blue/www", c.namespace);
@@ -182,7 +241,11 @@ async fn path_pattern_places_directories_and_removes_empty_parents() {
     assert!(s.dir(&rel).is_dir());
     c.delete_claim("web").await;
     c.wait_volume_gone(&pv.name_any()).await;
-    assert!(entries(s.root.path()).is_empty(), "empty template parents removed: {:?}", entries(s.root.path()));
+    assert!(
+        entries(s.root.path()).is_empty(),
+        "empty template parents removed: {:?}",
+        entries(s.root.path())
+    );
     s.finish().await;
 }
 
@@ -191,10 +254,18 @@ async fn bad_claims_and_classes_are_refused_clearly_without_blocking_others() {
     let s = Scenario::start("rejections").await;
     let c = &s.cluster;
     let good = c.create_class("good", &[], "Delete").await;
-    let unknown_param = c.create_class("unknown", &[("archiveOnDelet", "false")], "Delete").await;
-    let bad_value = c.create_class("badvalue", &[("onDelete", "shred")], "Delete").await;
+    let unknown_param = c
+        .create_class("unknown", &[("archiveOnDelet", "false")], "Delete")
+        .await;
+    let bad_value = c
+        .create_class("badvalue", &[("onDelete", "shred")], "Delete")
+        .await;
     let pattern = c
-        .create_class("pattern", &[("pathPattern", "${.PVC.annotations.nfs.io/storage-path}")], "Delete")
+        .create_class(
+            "pattern",
+            &[("pathPattern", "${.PVC.annotations.nfs.io/storage-path}")],
+            "Delete",
+        )
         .await;
 
     let mut block = TestCluster::claim("block", &good);
@@ -211,11 +282,16 @@ async fn bad_claims_and_classes_are_refused_clearly_without_blocking_others() {
         name: "source".into(),
     });
     let mut escape = TestCluster::claim("escape", &pattern);
-    escape.metadata.annotations = Some(BTreeMap::from([("nfs.io/storage-path".into(), "../../etc".into())]));
+    escape.metadata.annotations = Some(BTreeMap::from([(
+        "nfs.io/storage-path".into(),
+        "../../etc".into(),
+    )]));
     let missing = TestCluster::claim("missing", &pattern);
     let unknown = TestCluster::claim("unknown", &unknown_param);
     let badvalue = TestCluster::claim("badvalue", &bad_value);
-    for claim in [&block, &selector, &clone, &escape, &missing, &unknown, &badvalue] {
+    for claim in [
+        &block, &selector, &clone, &escape, &missing, &unknown, &badvalue,
+    ] {
         c.create_claim(claim).await;
     }
     c.create_claim(&TestCluster::claim("fine", &good)).await;
@@ -231,16 +307,26 @@ async fn bad_claims_and_classes_are_refused_clearly_without_blocking_others() {
     ];
     for (claim, needle) in expectations {
         let note = c.wait_claim_event(claim, "ProvisioningFailed").await;
-        assert!(note.contains(needle), "event on {claim} should mention {needle:?}: {note}");
+        assert!(
+            note.contains(needle),
+            "event on {claim} should mention {needle:?}: {note}"
+        );
     }
     // Other claims are not held up.
     let fine = c.wait_bound("fine").await;
     // Nothing was created for any refused claim: no PV and no directory.
     for (claim, _) in expectations {
         let cl = c.claims().get(claim).await.unwrap();
-        assert_eq!(cl.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Pending"), "{claim}");
+        assert_eq!(
+            cl.status.as_ref().and_then(|s| s.phase.as_deref()),
+            Some("Pending"),
+            "{claim}"
+        );
         let pv = format!("pvc-{}", cl.uid().unwrap());
-        assert!(c.volumes().get_opt(&pv).await.unwrap().is_none(), "no PV for {claim}");
+        assert!(
+            c.volumes().get_opt(&pv).await.unwrap().is_none(),
+            "no PV for {claim}"
+        );
     }
     assert_eq!(entries(s.root.path()), vec![s.default_dir("fine", &fine)]);
     s.finish().await;
@@ -250,7 +336,9 @@ async fn bad_claims_and_classes_are_refused_clearly_without_blocking_others() {
 async fn fixing_the_class_provisions_waiting_claims_without_a_restart() {
     let s = Scenario::start("fix-class").await;
     let c = &s.cluster;
-    let class = c.create_class("fixme", &[("onDelete", "sometimes")], "Delete").await;
+    let class = c
+        .create_class("fixme", &[("onDelete", "sometimes")], "Delete")
+        .await;
     c.create_claim(&TestCluster::claim("waiting", &class)).await;
     c.wait_claim_event("waiting", "ProvisioningFailed").await;
     // StorageClass parameters are immutable: fixing a class means re-creating it.
@@ -281,8 +369,11 @@ async fn fixing_the_class_provisions_waiting_claims_without_a_restart() {
 async fn the_recorded_policy_wins_over_later_class_changes() {
     let s = Scenario::start("recorded-policy").await;
     let c = &s.cluster;
-    let class = c.create_class("keepdata", &[("onDelete", "retain")], "Delete").await;
-    c.create_claim(&TestCluster::claim("precious", &class)).await;
+    let class = c
+        .create_class("keepdata", &[("onDelete", "retain")], "Delete")
+        .await;
+    c.create_claim(&TestCluster::claim("precious", &class))
+        .await;
     let pv = c.wait_bound("precious").await;
     let dir = s.default_dir("precious", &pv);
     // Someone replaces the class with one that deletes data.
@@ -305,16 +396,29 @@ async fn the_recorded_policy_wins_over_later_class_changes() {
         .expect("re-create class");
     c.delete_claim("precious").await;
     c.wait_volume_gone(&pv.name_any()).await;
-    assert!(s.dir(&dir).is_dir(), "policy recorded at provisioning (retain) was applied");
+    assert!(
+        s.dir(&dir).is_dir(),
+        "policy recorded at provisioning (retain) was applied"
+    );
     s.finish().await;
 }
 
 /// A PV as the Go provisioner made it: no policy annotation, no finalizer.
-fn legacy_volume(c: &TestCluster, name: &str, claim: &str, claim_uid: &str, class: &str, dir: &str) -> PersistentVolume {
+fn legacy_volume(
+    c: &TestCluster,
+    name: &str,
+    claim: &str,
+    claim_uid: &str,
+    class: &str,
+    dir: &str,
+) -> PersistentVolume {
     PersistentVolume {
         metadata: ObjectMeta {
             name: Some(name.into()),
-            annotations: Some(BTreeMap::from([(ANN_PROVISIONED_BY.into(), c.provisioner_name.clone())])),
+            annotations: Some(BTreeMap::from([(
+                ANN_PROVISIONED_BY.into(),
+                c.provisioner_name.clone(),
+            )])),
             ..Default::default()
         },
         spec: Some(PersistentVolumeSpec {
@@ -345,8 +449,12 @@ fn legacy_volume(c: &TestCluster, name: &str, claim: &str, claim_uid: &str, clas
 async fn adopts_volumes_of_the_go_provisioner() {
     let s = Scenario::start("adoption").await;
     let c = &s.cluster;
-    let deletes = c.create_class("legacy-delete", &[("archiveOnDelete", "false")], "Delete").await;
-    let vanishing = c.create_class("legacy-gone", &[("archiveOnDelete", "false")], "Delete").await;
+    let deletes = c
+        .create_class("legacy-delete", &[("archiveOnDelete", "false")], "Delete")
+        .await;
+    let vanishing = c
+        .create_class("legacy-gone", &[("archiveOnDelete", "false")], "Delete")
+        .await;
     let mut pvs = Vec::new();
     for (claim, class) in [("old-a", &deletes), ("old-b", &vanishing)] {
         let mut pvc = TestCluster::claim(claim, class);
@@ -357,7 +465,10 @@ async fn adopts_volumes_of_the_go_provisioner() {
         std::fs::create_dir(s.dir(&dir)).unwrap();
         std::fs::write(s.dir(&dir).join("old-data"), claim).unwrap();
         let pv = legacy_volume(c, &pv_name, claim, &created.uid().unwrap(), class, &dir);
-        c.volumes().create(&PostParams::default(), &pv).await.expect("legacy PV");
+        c.volumes()
+            .create(&PostParams::default(), &pv)
+            .await
+            .expect("legacy PV");
         pvs.push((claim, pv_name, dir));
     }
     for (claim, pv_name, _) in &pvs {
@@ -376,9 +487,16 @@ async fn adopts_volumes_of_the_go_provisioner() {
     for (_, pv_name, _) in &pvs {
         c.wait_volume_gone(pv_name).await;
     }
-    assert!(!s.dir(&pvs[0].2).exists(), "class policy (delete) applied to the adopted volume");
+    assert!(
+        !s.dir(&pvs[0].2).exists(),
+        "class policy (delete) applied to the adopted volume"
+    );
     let archive = format!("archived-{}-old-b-{}", c.namespace, pvs[1].1);
-    assert_eq!(std::fs::read(s.dir(&archive).join("old-data")).unwrap(), b"old-b", "archived, not deleted");
+    assert_eq!(
+        std::fs::read(s.dir(&archive).join("old-data")).unwrap(),
+        b"old-b",
+        "archived, not deleted"
+    );
     s.finish().await;
 }
 
@@ -386,25 +504,49 @@ async fn adopts_volumes_of_the_go_provisioner() {
 async fn a_directory_another_volume_uses_is_never_deleted() {
     let s = Scenario::start("shared").await;
     let c = &s.cluster;
-    let class = c.create_class("shared", &[("onDelete", "delete")], "Delete").await;
+    let class = c
+        .create_class("shared", &[("onDelete", "delete")], "Delete")
+        .await;
     c.create_claim(&TestCluster::claim("first", &class)).await;
     let pv = c.wait_bound("first").await;
     let dir = s.default_dir("first", &pv);
     // A hand-made static PV pointing at the same directory.
-    let mut other = legacy_volume(c, &format!("{}-static", c.namespace), "nobody", "0", &class, &dir);
+    let mut other = legacy_volume(
+        c,
+        &format!("{}-static", c.namespace),
+        "nobody",
+        "0",
+        &class,
+        &dir,
+    );
     other.metadata.annotations = None;
     other.spec.as_mut().unwrap().claim_ref = None;
-    other.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Retain".into());
+    other
+        .spec
+        .as_mut()
+        .unwrap()
+        .persistent_volume_reclaim_policy = Some("Retain".into());
     other.spec.as_mut().unwrap().storage_class_name = Some(String::new());
-    c.volumes().create(&PostParams::default(), &other).await.expect("static PV");
+    c.volumes()
+        .create(&PostParams::default(), &other)
+        .await
+        .expect("static PV");
     std::fs::write(s.dir(&dir).join("shared-data"), b"x").unwrap();
 
     c.delete_claim("first").await;
     c.wait_volume_gone(&pv.name_any()).await;
-    assert!(s.dir(&dir).join("shared-data").is_file(), "shared directory left in place");
-    let note = c.wait_volume_event(&pv.name_any(), "VolumeDirectoryShared").await;
+    assert!(
+        s.dir(&dir).join("shared-data").is_file(),
+        "shared directory left in place"
+    );
+    let note = c
+        .wait_volume_event(&pv.name_any(), "VolumeDirectoryShared")
+        .await;
     assert!(note.contains(&other.name_any()), "{note}");
-    let _ = c.volumes().delete(&other.name_any(), &DeleteParams::default()).await;
+    let _ = c
+        .volumes()
+        .delete(&other.name_any(), &DeleteParams::default())
+        .await;
     s.finish().await;
 }
 
@@ -412,19 +554,34 @@ async fn a_directory_another_volume_uses_is_never_deleted() {
 async fn deleting_a_bound_volume_waits_for_its_claim() {
     let s = Scenario::start("delete-bound-pv").await;
     let c = &s.cluster;
-    let class = c.create_class("bound", &[("onDelete", "delete")], "Delete").await;
+    let class = c
+        .create_class("bound", &[("onDelete", "delete")], "Delete")
+        .await;
     c.create_claim(&TestCluster::claim("in-use", &class)).await;
     let pv = c.wait_bound("in-use").await;
     let dir = s.default_dir("in-use", &pv);
-    c.volumes().delete(&pv.name_any(), &DeleteParams::default()).await.expect("delete PV");
+    c.volumes()
+        .delete(&pv.name_any(), &DeleteParams::default())
+        .await
+        .expect("delete PV");
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    let terminating = c.volumes().get(&pv.name_any()).await.expect("PV still there");
+    let terminating = c
+        .volumes()
+        .get(&pv.name_any())
+        .await
+        .expect("PV still there");
     assert!(terminating.metadata.deletion_timestamp.is_some());
-    assert!(s.dir(&dir).is_dir(), "data of a bound volume is never touched");
+    assert!(
+        s.dir(&dir).is_dir(),
+        "data of a bound volume is never touched"
+    );
 
     c.delete_claim("in-use").await;
     c.wait_volume_gone(&pv.name_any()).await;
-    assert!(!s.dir(&dir).exists(), "policy applied once the claim was gone");
+    assert!(
+        !s.dir(&dir).exists(),
+        "policy applied once the claim was gone"
+    );
     s.finish().await;
 }
 
@@ -440,7 +597,10 @@ async fn wait_for_first_consumer_claims_wait_for_a_node() {
     let claim = c.create_claim(&TestCluster::claim("late", &class)).await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     let pv = format!("pvc-{}", claim.uid().unwrap());
-    assert!(c.volumes().get_opt(&pv).await.unwrap().is_none(), "nothing before a node is selected");
+    assert!(
+        c.volumes().get_opt(&pv).await.unwrap().is_none(),
+        "nothing before a node is selected"
+    );
     assert!(entries(s.root.path()).is_empty());
     let patch = serde_json::json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "node-1"}}});
     c.claims()
@@ -453,12 +613,21 @@ async fn wait_for_first_consumer_claims_wait_for_a_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_claims_is_provisioned_and_reclaimed_exactly_once_each() {
-    let n: usize = std::env::var("E2E_BURST").ok().and_then(|v| v.parse().ok()).unwrap_or(500);
+    let n: usize = std::env::var("E2E_BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let s = Scenario::start("burst").await;
     let c = &s.cluster;
-    let class = c.create_class("burst", &[("onDelete", "delete")], "Delete").await;
+    let class = c
+        .create_class("burst", &[("onDelete", "delete")], "Delete")
+        .await;
     let names: Vec<String> = (0..n).map(|i| format!("burst-{i:04}")).collect();
-    futures::future::join_all(names.iter().map(|n| c.create_claim(&TestCluster::claim(n, &class)))).await;
+    let claims: Vec<_> = names
+        .iter()
+        .map(|n| TestCluster::claim(n, &class))
+        .collect();
+    futures::future::join_all(claims.iter().map(|claim| c.create_claim(claim))).await;
     let bound = c
         .eventually(&format!("all {n} claims Bound"), || async {
             let list = c.claims().list(&Default::default()).await.ok()?;
@@ -474,7 +643,11 @@ async fn a_burst_of_claims_is_provisioned_and_reclaimed_exactly_once_each() {
     assert_eq!(dirs.len(), n, "one directory per claim");
     for claim in &bound {
         let pv = claim.spec.as_ref().unwrap().volume_name.clone().unwrap();
-        assert_eq!(pv, format!("pvc-{}", claim.uid().unwrap()), "PV named after the claim");
+        assert_eq!(
+            pv,
+            format!("pvc-{}", claim.uid().unwrap()),
+            "PV named after the claim"
+        );
     }
     let ours = c
         .volumes()
