@@ -14,7 +14,7 @@ use crate::config::Settings;
 use crate::controller::{self, Context, EventPublisher, Watches, WorkItem, queue::WorkQueue};
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
-use crate::storage::{NfsRoot, StorageOptions};
+use crate::storage::{FaultHook, NfsRoot, StorageOptions};
 
 /// Why the process could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,6 @@ pub struct Observers {
     pub admin_address: std::net::SocketAddr,
 }
 
-const NFS_PROBE_PERIOD: Duration = Duration::from_secs(5);
 const WAITING_GAUGE_PERIOD: Duration = Duration::from_secs(5);
 
 /// Runs the provisioner until `shutdown` fires, then stops taking work, lets in-flight work
@@ -53,7 +52,22 @@ pub async fn run(
     client: Client,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    run_observed(settings, client, shutdown, |_| {}).await
+    run_observed(
+        settings,
+        client,
+        shutdown,
+        Instrumentation::default(),
+        |_| {},
+    )
+    .await
+}
+
+/// Test seams; production runs with the default (none).
+#[derive(Default, Clone)]
+pub struct Instrumentation {
+    /// Called on the storage worker thread before each operation: lets a test stand in for
+    /// a hung NFS server.
+    pub nfs_fault_hook: Option<FaultHook>,
 }
 
 /// [`run`], handing `observe` the metrics, readiness and leadership as soon as they exist.
@@ -61,19 +75,22 @@ pub async fn run_observed(
     settings: Settings,
     client: Client,
     shutdown: CancellationToken,
+    instrumentation: Instrumentation,
     observe: impl FnOnce(Observers),
 ) -> Result<(), StartError> {
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
 
-    let root = NfsRoot::open(
-        &settings.mount_path,
-        StorageOptions {
-            op_timeout: settings.fs_timeout,
-            max_stuck_ops: settings.max_stuck_fs_ops,
-        },
-    )
-    .await
+    let storage_options = StorageOptions {
+        op_timeout: settings.fs_timeout,
+        max_stuck_ops: settings.max_stuck_fs_ops,
+    };
+    let root = match instrumentation.nfs_fault_hook {
+        Some(hook) => {
+            NfsRoot::open_with_fault_hook(&settings.mount_path, storage_options, hook).await
+        }
+        None => NfsRoot::open(&settings.mount_path, storage_options).await,
+    }
     .map_err(|source| StartError::NfsRoot {
         path: settings.mount_path.display().to_string(),
         source,
@@ -101,7 +118,7 @@ pub async fn run_observed(
         root.clone(),
         readiness.clone(),
         metrics.clone(),
-        NFS_PROBE_PERIOD,
+        settings.nfs_probe_interval,
         background.clone(),
     ));
 

@@ -25,6 +25,7 @@ pub enum LogFormat {
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "nfs-provisioner",
+    args_override_self = true,
     version,
     about = "Kubernetes provisioner giving every PVC its own subdirectory of a mounted NFS export"
 )]
@@ -90,6 +91,10 @@ pub struct Cli {
     #[arg(long, env = "NFS_OPERATION_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub fs_timeout: Duration,
 
+    /// How often the NFS root is probed for `/readyz` and metrics.
+    #[arg(long, env = "NFS_PROBE_INTERVAL", default_value = "5s", value_parser = parse_duration)]
+    pub nfs_probe_interval: Duration,
+
     /// Threads that may be stuck in the kernel on a hung NFS server before new operations
     /// fail fast.
     #[arg(long, env = "NFS_MAX_STUCK_OPERATIONS", default_value_t = 16)]
@@ -151,6 +156,7 @@ pub struct Settings {
     pub kube_api_qps: f64,
     pub kube_api_burst: u32,
     pub fs_timeout: Duration,
+    pub nfs_probe_interval: Duration,
     pub max_stuck_fs_ops: usize,
     pub default_permissions: DirectoryPermissions,
     pub retry_base_delay: Duration,
@@ -248,6 +254,12 @@ impl Cli {
                 "must be at least RETRY_BASE_DELAY, which must be positive",
             ));
         }
+        if self.nfs_probe_interval.is_zero() {
+            return Err(bad(
+                "NFS_PROBE_INTERVAL (--nfs-probe-interval)",
+                "must be positive",
+            ));
+        }
         if self.resync_period.is_zero() {
             return Err(bad("RESYNC_PERIOD (--resync-period)", "must be positive"));
         }
@@ -309,6 +321,7 @@ impl Cli {
             kube_api_qps: self.kube_api_qps,
             kube_api_burst: self.kube_api_burst,
             fs_timeout: self.fs_timeout,
+            nfs_probe_interval: self.nfs_probe_interval,
             max_stuck_fs_ops: self.max_stuck_fs_ops,
             default_permissions: DirectoryPermissions {
                 mode: self.default_directory_mode,

@@ -3,5 +3,7 @@
 
 mod cluster;
 mod crashes;
+mod leadership;
+mod operations;
 mod provisioner;
 mod scenarios;

@@ -7,7 +7,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use nfs_provisioner::app::{self, Observers};
+use nfs_provisioner::app::{self, Instrumentation, Observers};
 use nfs_provisioner::config::Cli;
 use tokio_util::sync::CancellationToken;
 
@@ -102,6 +102,15 @@ pub struct RunningProvisioner {
 impl RunningProvisioner {
     /// Starts an instance talking to the API server described by `config`.
     pub fn start(options: &ProvisionerOptions, config: kube::Config) -> Self {
+        Self::start_instrumented(options, config, Instrumentation::default())
+    }
+
+    /// Starts an instance with test seams (e.g. a hung NFS root).
+    pub fn start_instrumented(
+        options: &ProvisionerOptions,
+        config: kube::Config,
+        instrumentation: Instrumentation,
+    ) -> Self {
         let settings = Cli::try_parse_from_args(options.args())
             .validate()
             .expect("test settings are valid");
@@ -125,7 +134,7 @@ impl RunningProvisioner {
                 let client = nfs_provisioner::kube_client::build_client(config, 1000.0, 2000)
                     .expect("client");
                 tokio::select! {
-                    r = app::run_observed(settings, client, stop, move |o| { let _ = obs_tx.send(o); }) => {
+                    r = app::run_observed(settings, client, stop, instrumentation, move |o| { let _ = obs_tx.send(o); }) => {
                         r.expect("provisioner runs");
                     }
                     _ = killed => {}

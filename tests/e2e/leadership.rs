@@ -1,0 +1,208 @@
+//! High availability: several replicas against one (fake) control plane. Only the leader
+//! provisions; graceful stop hands over at once; a killed leader is replaced after its lease
+//! expires; a leader cut off from the API stops before anyone else can lead.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use fake_apiserver::{Kind, Options};
+use kube::ResourceExt;
+use nfs_provisioner::persistent_volume::ANN_PROVISIONED_BY;
+
+use crate::cluster::{TestCluster, entries};
+use crate::provisioner::RunningProvisioner;
+
+const LEASE_NAMESPACE: &str = "nfs-provisioner";
+
+fn user(i: usize) -> String {
+    format!("system:serviceaccount:nfs-provisioner:replica-{i}")
+}
+
+fn start_replicas(c: &TestCluster, root: &std::path::Path, n: usize) -> Vec<RunningProvisioner> {
+    (0..n)
+        .map(|i| {
+            let mut o = c.provisioner_options(root);
+            o.leader_election = true;
+            o.pod_name = format!("replica-{i}");
+            RunningProvisioner::start(&o, c.fake_config_for(&user(i)))
+        })
+        .collect()
+}
+
+async fn wait_for_single_leader(c: &TestCluster, replicas: &[RunningProvisioner]) -> usize {
+    c.eventually("exactly one leader", || async {
+        let leaders: Vec<usize> = (0..replicas.len())
+            .filter(|i| replicas[*i].is_leading())
+            .collect();
+        (leaders.len() == 1).then(|| leaders[0])
+    })
+    .await
+}
+
+fn lease_holder(c: &TestCluster) -> Option<String> {
+    let lease = c
+        .fake_server()
+        .unwrap()
+        .get(Kind::Lease, LEASE_NAMESPACE, "example.com-nfs")?;
+    lease["spec"]["holderIdentity"].as_str().map(str::to_string)
+}
+
+/// Users that sent a request changing PVs or writing events.
+fn writers(c: &TestCluster) -> BTreeSet<String> {
+    c.fake_server()
+        .unwrap()
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            matches!(
+                r.verb.as_deref(),
+                Some("create" | "delete" | "patch" | "update")
+            )
+        })
+        .filter(|r| matches!(r.resource.as_deref(), Some("persistentvolumes" | "events")))
+        .map(|r| r.user)
+        .collect()
+}
+
+async fn our_volumes(c: &TestCluster) -> usize {
+    c.volumes()
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|pv| pv.annotations().get(ANN_PROVISIONED_BY) == Some(&c.provisioner_name))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_provisions() {
+    let c = TestCluster::fake(Options::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("ha", &[], "Delete").await;
+    let replicas = start_replicas(&c, root.path(), 3);
+    let leader = wait_for_single_leader(&c, &replicas).await;
+    assert!(
+        lease_holder(&c)
+            .unwrap()
+            .starts_with(&format!("replica-{leader}_")),
+        "lease names the leading pod"
+    );
+    for i in 0..20 {
+        c.create_claim(&TestCluster::claim(&format!("ha-{i}"), &class))
+            .await;
+    }
+    for i in 0..20 {
+        c.wait_bound(&format!("ha-{i}")).await;
+    }
+    assert_eq!(
+        writers(&c),
+        BTreeSet::from([user(leader)]),
+        "followers never wrote"
+    );
+    assert_eq!(our_volumes(&c).await, 20);
+    for r in replicas {
+        r.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_stop_releases_the_lease_and_hands_over_without_losing_claims() {
+    let c = TestCluster::fake(Options::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("handover", &[], "Delete").await;
+    let mut replicas = start_replicas(&c, root.path(), 2);
+    let leader = wait_for_single_leader(&c, &replicas).await;
+    for i in 0..30 {
+        c.create_claim(&TestCluster::claim(&format!("h-{i}"), &class))
+            .await;
+    }
+    // Stop the leader mid-burst, as on SIGTERM.
+    let old = replicas.remove(leader);
+    old.stop();
+    let holder = lease_holder(&c).unwrap_or_default();
+    assert!(
+        !holder.starts_with(&format!("replica-{leader}_")),
+        "the stopped leader released its lease (holder now {holder:?})"
+    );
+    c.eventually("the follower to lead", || async {
+        replicas[0].is_leading().then_some(())
+    })
+    .await;
+    for i in 0..30 {
+        c.wait_bound(&format!("h-{i}")).await;
+    }
+    assert_eq!(our_volumes(&c).await, 30, "no claim provisioned twice");
+    assert_eq!(entries(root.path()).len(), 30, "no orphan directory");
+    replicas.remove(0).stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_after_its_lease_expires() {
+    let c = TestCluster::fake(Options::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("expiry", &[], "Delete").await;
+    let mut replicas = start_replicas(&c, root.path(), 2);
+    let leader = wait_for_single_leader(&c, &replicas).await;
+    let old = replicas.remove(leader);
+    old.kill();
+    assert!(
+        lease_holder(&c)
+            .unwrap()
+            .starts_with(&format!("replica-{leader}_")),
+        "a killed leader cannot release its lease"
+    );
+    c.create_claim(&TestCluster::claim("after-kill", &class))
+        .await;
+    c.eventually("the follower to take the expired lease", || async {
+        replicas[0].is_leading().then_some(())
+    })
+    .await;
+    c.wait_bound("after-kill").await;
+    replicas.remove(0).stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_the_api_stops_before_another_can_lead() {
+    let c = TestCluster::fake(Options::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("partition", &[], "Delete").await;
+    let replicas = start_replicas(&c, root.path(), 2);
+    let leader = wait_for_single_leader(&c, &replicas).await;
+    let follower = 1 - leader;
+    let mut leader_rx = replicas[leader].observers.leading.clone();
+    let mut follower_rx = replicas[follower].observers.leading.clone();
+
+    c.fake_server().unwrap().partition_user(&user(leader), true);
+    // Record the order of the two transitions.
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (o1, o2) = (order.clone(), order.clone());
+    let stopped = tokio::spawn(async move {
+        let _ = leader_rx.wait_for(|l| !*l).await;
+        o1.lock().unwrap().push("old leader stopped");
+    });
+    let started = tokio::spawn(async move {
+        let _ = follower_rx.wait_for(|l| *l).await;
+        o2.lock().unwrap().push("new leader started");
+    });
+    tokio::time::timeout(Duration::from_secs(30), async {
+        stopped.await.unwrap();
+        started.await.unwrap();
+    })
+    .await
+    .expect("fail-over happens");
+    assert_eq!(
+        *order.lock().unwrap(),
+        vec!["old leader stopped", "new leader started"],
+        "the cut-off leader must stop working before its lease can be taken"
+    );
+    c.create_claim(&TestCluster::claim("after-partition", &class))
+        .await;
+    c.wait_bound("after-partition").await;
+    c.fake_server()
+        .unwrap()
+        .partition_user(&user(leader), false);
+    for r in replicas {
+        r.kill();
+    }
+}
