@@ -805,7 +805,7 @@ fn examples_use_a_shipped_class() {
 }
 
 #[test]
-#[ignore = "enable when parameters land"]
+
 fn storage_class_parameters_parse() {
     use nfs_provisioner::parameters::{ClassParameters, OnDelete};
     for (doc, class) in storage_classes() {
