@@ -3,10 +3,12 @@
 //! `kube::Client`; only fault injection needs the fake.
 
 use std::collections::BTreeMap;
+
+use serde::Deserialize;
 use std::path::Path;
 use std::time::Duration;
 
-use fake_apiserver::{FakeApiServer, Options};
+use fake_apiserver::{FakeApiServer, Options, RbacPolicy};
 use k8s_openapi::api::core::v1::{
     Namespace, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     VolumeResourceRequirements,
@@ -24,6 +26,9 @@ pub const PROVISIONER_USER: &str = "system:serviceaccount:nfs-provisioner:nfs-pr
 
 pub struct TestCluster {
     fake: Option<FakeApiServer>,
+    /// RBAC the fake enforces: the shipped `rbac/` objects, granted also to `extra_users`.
+    rbac_objects: std::sync::Mutex<Vec<serde_json::Value>>,
+    extra_users: std::sync::Mutex<Vec<String>>,
     pub client: Client,
     provisioner_config: kube::Config,
     pub namespace: String,
@@ -74,15 +79,42 @@ impl TestCluster {
         };
         let client = Client::try_from(config_for("admin")).expect("client");
         let provisioner_config = config_for(PROVISIONER_USER);
-        Self {
+        let cluster = Self {
             fake: Some(fake),
+            rbac_objects: std::sync::Mutex::new(shipped_rbac()),
+            extra_users: Default::default(),
             client,
             provisioner_config,
             namespace: format!("e2e-{}", random_suffix()),
             provisioner_name: "example.com/nfs".to_string(),
             classes: Default::default(),
             patience: Duration::from_secs(30),
+        };
+        cluster.apply_rbac();
+        cluster
+    }
+
+    /// Enforces the RBAC objects on the fake; the test's own `admin` user may do anything.
+    fn apply_rbac(&self) {
+        let Some(fake) = &self.fake else { return };
+        let mut objects = self.rbac_objects.lock().unwrap().clone();
+        for user in self.extra_users.lock().unwrap().iter() {
+            objects.extend(bindings_for_user(&objects, user));
         }
+        let policy = RbacPolicy::from_objects(objects.iter()).expect("RBAC objects load");
+        fake.set_rbac(Some(policy.with_superuser("admin")));
+    }
+
+    /// Grants `user` (e.g. one replica of several) the provisioner's roles.
+    pub fn grant_provisioner_roles(&self, user: &str) {
+        self.extra_users.lock().unwrap().push(user.to_string());
+        self.apply_rbac();
+    }
+
+    /// Replaces the enforced RBAC objects (e.g. with one permission removed).
+    pub fn set_rbac_objects(&self, objects: Vec<serde_json::Value>) {
+        *self.rbac_objects.lock().unwrap() = objects;
+        self.apply_rbac();
     }
 
     async fn real(test: &str, kubeconfig: &str) -> Self {
@@ -108,6 +140,8 @@ impl TestCluster {
             .expect("create test namespace");
         Self {
             fake: None,
+            rbac_objects: Default::default(),
+            extra_users: Default::default(),
             client,
             provisioner_config: config,
             namespace,
@@ -377,4 +411,43 @@ pub fn entries(root: &Path) -> Vec<String> {
     walk(root, root, &mut out);
     out.sort();
     out
+}
+
+/// The RBAC objects shipped in `rbac/`, as JSON.
+pub fn shipped_rbac() -> Vec<serde_json::Value> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("rbac");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("rbac/ exists")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    let mut objects = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = serde_json::Value::deserialize(doc).expect("RBAC YAML parses");
+            if !value.is_null() {
+                objects.push(value);
+            }
+        }
+    }
+    objects
+}
+
+/// Copies of the shipped bindings naming `user` instead of the service account.
+fn bindings_for_user(objects: &[serde_json::Value], user: &str) -> Vec<serde_json::Value> {
+    objects
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRoleBinding" | "RoleBinding")))
+        .map(|o| {
+            let mut b = o.clone();
+            b["metadata"]["name"] = format!("{}-{user}", o["metadata"]["name"].as_str().unwrap_or("")).into();
+            b["subjects"] = serde_json::json!([{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}]);
+            b
+        })
+        .collect()
 }

@@ -24,6 +24,7 @@ fn start_replicas(c: &TestCluster, root: &std::path::Path, n: usize) -> Vec<Runn
             let mut o = c.provisioner_options(root);
             o.leader_election = true;
             o.pod_name = format!("replica-{i}");
+            c.grant_provisioner_roles(&user(i));
             RunningProvisioner::start(&o, c.fake_config_for(&user(i)))
         })
         .collect()

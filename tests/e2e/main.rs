@@ -6,4 +6,5 @@ mod crashes;
 mod leadership;
 mod operations;
 mod provisioner;
+mod rbac;
 mod scenarios;

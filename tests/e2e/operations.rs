@@ -304,6 +304,7 @@ fn spawn_leader(
     user: &str,
 ) -> std::process::Child {
     let fake = c.fake_server().unwrap();
+    c.grant_provisioner_roles(user);
     let kubeconfig = kubeconfig_for(&fake.url(), &fake.token_for(user), dir);
     binary()
         .args([

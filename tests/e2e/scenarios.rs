@@ -54,6 +54,15 @@ impl Scenario {
         if let Some(p) = self.provisioner.take() {
             p.stop();
         }
+        // The fake enforced the shipped RBAC: the scenario needed nothing it does not grant.
+        if let Some(fake) = self.cluster.fake_server() {
+            let denied: Vec<_> = fake
+                .denied_requests()
+                .into_iter()
+                .map(|r| format!("{} {}", r.method, r.path))
+                .collect();
+            assert!(denied.is_empty(), "requests denied by rbac/: {denied:?}");
+        }
         self.cluster.cleanup().await;
     }
 }

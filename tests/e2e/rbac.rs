@@ -1,0 +1,261 @@
+//! The shipped RBAC (`rbac/`) is exactly what the provisioner needs. Every scenario runs with
+//! it enforced by the fake API server (sufficient); here, removing any single permission makes
+//! a full lifecycle fail (nothing unused).
+
+use std::time::Duration;
+
+use fake_apiserver::Options;
+use kube::ResourceExt;
+use kube::api::PostParams;
+use serde_json::Value;
+
+use crate::cluster::{PROVISIONER_USER, TestCluster, shipped_rbac};
+use crate::provisioner::RunningProvisioner;
+
+/// One verb of one rule of one role.
+#[derive(Debug, Clone)]
+struct Permission {
+    role: String,
+    rule: usize,
+    verb: String,
+}
+
+fn permissions(objects: &[Value]) -> Vec<Permission> {
+    let mut out = Vec::new();
+    for o in objects
+        .iter()
+        .filter(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
+    {
+        for (i, rule) in o["rules"].as_array().into_iter().flatten().enumerate() {
+            for verb in rule["verbs"].as_array().into_iter().flatten() {
+                out.push(Permission {
+                    role: o["metadata"]["name"].as_str().unwrap().to_string(),
+                    rule: i,
+                    verb: verb.as_str().unwrap().to_string(),
+                });
+            }
+        }
+    }
+    out
+}
+
+fn without(objects: &[Value], p: &Permission) -> Vec<Value> {
+    let mut objects = objects.to_vec();
+    for o in objects.iter_mut() {
+        if matches!(o["kind"].as_str(), Some("ClusterRole" | "Role"))
+            && o["metadata"]["name"] == p.role.as_str()
+        {
+            let verbs = o["rules"][p.rule]["verbs"].as_array_mut().unwrap();
+            verbs.retain(|v| v != p.verb.as_str());
+        }
+    }
+    objects
+}
+
+/// Provision, report, adopt, keep leading, reclaim: everything the provisioner does.
+/// `Err` names the first expectation that was not met within the time limit.
+async fn lifecycle(c: &TestCluster, root: &std::path::Path) -> Result<(), String> {
+    let limit = Duration::from_secs(8);
+    let good = c
+        .create_class("good", &[("archiveOnDelete", "false")], "Delete")
+        .await;
+    let broken = c
+        .create_class("broken", &[("noSuchParameter", "x")], "Delete")
+        .await;
+
+    // A PV of the Go provisioner, bound to its claim, to be adopted.
+    let mut legacy_claim = TestCluster::claim("legacy", &good);
+    legacy_claim.spec.as_mut().unwrap().volume_name = Some("legacy-pv".into());
+    let legacy_claim = c.create_claim(&legacy_claim).await;
+    std::fs::create_dir(root.join("legacy-dir")).unwrap();
+    let legacy_pv: k8s_openapi::api::core::v1::PersistentVolume = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "legacy-pv", "annotations": {"pv.kubernetes.io/provisioned-by": c.provisioner_name}},
+        "spec": {
+            "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Mi"},
+            "claimRef": {"namespace": c.namespace, "name": "legacy", "uid": legacy_claim.uid()},
+            "nfs": {"server": "nfs.example.test", "path": "/exports/k8s/legacy-dir"},
+            "persistentVolumeReclaimPolicy": "Delete", "storageClassName": good,
+        }
+    }))
+    .unwrap();
+    c.volumes()
+        .create(&PostParams::default(), &legacy_pv)
+        .await
+        .unwrap();
+
+    let mut options = c.provisioner_options(root);
+    options.leader_election = true;
+    let p = RunningProvisioner::start(&options, c.provisioner_config());
+    let outcome = async {
+        // A class created after start must be seen too (watched, not only listed).
+        let late = c
+            .create_class("late", &[("archiveOnDelete", "false")], "Delete")
+            .await;
+        c.create_claim(&TestCluster::claim("good", &late)).await;
+        c.create_claim(&TestCluster::claim("bad", &broken)).await;
+        let bound = async {
+            loop {
+                let claim = c.claims().get("good").await.unwrap();
+                if claim.status.and_then(|s| s.phase).as_deref() == Some("Bound") {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(limit, bound)
+            .await
+            .map_err(|_| "claim bound".to_string())?;
+        let reported = async {
+            loop {
+                let events = c.events_about(&c.namespace, "good").await;
+                if events
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some("ProvisioningSucceeded"))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(limit, reported)
+            .await
+            .map_err(|_| "success event written".to_string())?;
+        // Repeated failures of one claim update one event series (create, then patch).
+        let series = async {
+            loop {
+                let events = c.events_about(&c.namespace, "bad").await;
+                if events
+                    .iter()
+                    .any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(limit, series)
+            .await
+            .map_err(|_| "repeated failure event patched".to_string())?;
+        let adopted = async {
+            loop {
+                let pv = c.volumes().get("legacy-pv").await.unwrap();
+                if pv
+                    .finalizers()
+                    .iter()
+                    .any(|f| f == nfs_provisioner::persistent_volume::FINALIZER)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(limit, adopted)
+            .await
+            .map(|_| ())
+            .map_err(|_| "legacy PV adopted".to_string())?;
+        // Leadership must be kept, not just won: the Lease is renewed.
+        let renewed = async {
+            loop {
+                let fake = c.fake_server().unwrap();
+                if let Some(lease) = fake.get(
+                    fake_apiserver::Kind::Lease,
+                    "nfs-provisioner",
+                    "example.com-nfs",
+                ) && lease["spec"]["renewTime"] != lease["spec"]["acquireTime"]
+                    && p.is_leading()
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(limit, renewed)
+            .await
+            .map_err(|_| "lease renewed".to_string())?;
+
+        let pv = c
+            .claims()
+            .get("good")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .volume_name
+            .unwrap();
+        c.delete_claim("good").await;
+        c.delete_claim("legacy").await;
+        for name in [pv.as_str(), "legacy-pv"] {
+            let gone = async {
+                while c.volumes().get_opt(name).await.unwrap().is_some() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            tokio::time::timeout(limit, gone)
+                .await
+                .map_err(|_| format!("PV {name} reclaimed"))?;
+        }
+        Ok::<(), String>(())
+    }
+    .await;
+    p.kill();
+    outcome
+}
+
+async fn run_lifecycle_with(objects: Vec<Value>) -> (Result<(), String>, Vec<String>) {
+    let c = TestCluster::fake(Options::default()).await;
+    c.set_rbac_objects(objects);
+    let root = tempfile::tempdir().unwrap();
+    let outcome = lifecycle(&c, root.path()).await;
+    let denied = c
+        .fake_server()
+        .unwrap()
+        .denied_requests()
+        .into_iter()
+        .filter(|r| r.user == PROVISIONER_USER)
+        .map(|r| {
+            format!(
+                "{} {}",
+                r.verb.unwrap_or_default(),
+                r.resource.unwrap_or_default()
+            )
+        })
+        .collect();
+    (outcome, denied)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_rbac_is_sufficient() {
+    let (outcome, denied) = run_lifecycle_with(shipped_rbac()).await;
+    assert_eq!(outcome, Ok(()));
+    assert!(denied.is_empty(), "{denied:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_any_single_permission_breaks_the_provisioner() {
+    let objects = shipped_rbac();
+    let all = permissions(&objects);
+    assert!(
+        all.len() >= 14,
+        "every verb of every rule is tried: {all:?}"
+    );
+    let runs = all.iter().map(|p| {
+        let reduced = without(&objects, p);
+        async move { (p.clone(), run_lifecycle_with(reduced).await) }
+    });
+    let results = futures::future::join_all(runs).await;
+    let mut unused = Vec::new();
+    for (p, (outcome, denied)) in results {
+        if outcome.is_ok() {
+            unused.push(format!("{p:?} (denied: {denied:?})"));
+        } else {
+            assert!(
+                !denied.is_empty(),
+                "{p:?} failed the lifecycle ({outcome:?}) without any 403"
+            );
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "permissions the lifecycle did not need: {unused:?}"
+    );
+}
