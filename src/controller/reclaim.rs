@@ -117,17 +117,28 @@ async fn reconcile_volume(
         Err(e) => {
             ctx.metrics.reclaimed(&class, e.label(), None);
             warn!(error = %e, "reclaiming the volume failed");
-            ctx.events
-                .on_volume(
-                    pv,
-                    EventType::Warning,
-                    REASON_VOLUME_FAILED_DELETE,
-                    format!("{e}"),
+            let unmappable = matches!(
+                e,
+                Error::ForeignServer { .. } | Error::PathOutsideExport { .. } | Error::NotNfs
+            );
+            let note = if deleting && unmappable {
+                format!(
+                    "{e}; the PV object was deleted by a user, so it is released and its data left in place"
                 )
+            } else {
+                format!("{e}")
+            };
+            ctx.events
+                .on_volume(pv, EventType::Warning, REASON_VOLUME_FAILED_DELETE, note)
                 .await;
+            if !(deleting && unmappable) {
+                return Err(result.unwrap_err());
+            }
+            // A PV this provisioner cannot map to a directory of its export: its data is not
+            // ours to touch. A Released PV waits for an admin; a PV a user deleted is let go,
+            // data untouched, instead of hanging in Terminating forever.
         }
     }
-    result?;
 
     // Delete first, then drop the finalizer: a crash in between leaves a deleting PV whose
     // next reconcile finds the directory already handled.

@@ -686,3 +686,39 @@ async fn a_burst_of_claims_is_provisioned_and_reclaimed_exactly_once_each() {
     assert!(entries(s.root.path()).is_empty(), "every directory deleted");
     s.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_of_another_export_is_never_touched() {
+    let s = Scenario::start("foreign").await;
+    let c = &s.cluster;
+    let class = c
+        .create_class("foreign", &[("onDelete", "delete")], "Delete")
+        .await;
+    std::fs::create_dir(s.dir("foreign-dir")).unwrap();
+    std::fs::write(s.dir("foreign-dir").join("data"), b"not ours").unwrap();
+    let name = format!("{}-foreign", c.namespace);
+    let mut pv = legacy_volume(c, &name, "nobody", "0", &class, "foreign-dir");
+    pv.spec.as_mut().unwrap().claim_ref = None;
+    pv.spec.as_mut().unwrap().nfs.as_mut().unwrap().server = "other-server.example.test".into();
+    c.volumes()
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("PV");
+    c.eventually("adoption finalizer", || async {
+        let pv = c.volumes().get(&name).await.ok()?;
+        pv.finalizers().iter().any(|f| f == FINALIZER).then_some(())
+    })
+    .await;
+    c.volumes()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete PV");
+    c.wait_volume_gone(&name).await;
+    let note = c.wait_volume_event(&name, "VolumeFailedDelete").await;
+    assert!(note.contains("other-server.example.test"), "{note}");
+    assert_eq!(
+        std::fs::read(s.dir("foreign-dir").join("data")).unwrap(),
+        b"not ours"
+    );
+    s.finish().await;
+}
