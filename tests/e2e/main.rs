@@ -2,7 +2,7 @@
 //! cluster (`E2E_KUBECONFIG`). Crash and fault scenarios always use the fake.
 
 mod cluster;
-mod crashes;
+mod fake_only;
 mod leadership;
 mod operations;
 mod provisioner;

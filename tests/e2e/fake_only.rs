@@ -1,7 +1,7 @@
-//! Crash safety: the provisioner is killed (every task dropped where it stands, no cleanup) at
-//! each step of provisioning and reclaiming, then started again. The fake API server holds
-//! the request of the step, either before applying it or after applying it but before
-//! answering, so the kill lands exactly there. Needs fault injection: fake control plane only.
+//! Scenarios that need the fake control plane: crash safety (the provisioner is killed, every
+//! task dropped where it stands, at each step of provisioning and reclaiming while the fake
+//! holds that step's request, before applying it or after applying it but before answering),
+//! injected API errors, expired watches, and the v1.19 control plane's behaviour.
 
 use fake_apiserver::{Fault, FaultAction, Options};
 use kube::ResourceExt;
@@ -236,5 +236,37 @@ async fn expired_watches_are_resumed_by_relisting() {
     fake.compact_and_close_watches();
     c.create_claim(&TestCluster::claim("after", &class)).await;
     c.wait_bound("after").await;
+    p.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_v1_19_control_plane_with_only_the_beta_annotation_is_served() {
+    let c = TestCluster::fake(Options {
+        kube_version: fake_apiserver::KubeVersion::V1_19,
+        ..Options::default()
+    })
+    .await;
+    let root = tempfile::tempdir().unwrap();
+    let class = c
+        .create_class("old", &[("onDelete", "delete")], "Delete")
+        .await;
+    let p = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.create_claim(&TestCluster::claim("old-cluster", &class))
+        .await;
+    let pv = c.wait_bound("old-cluster").await;
+    let claim = c.claims().get("old-cluster").await.unwrap();
+    assert!(
+        claim
+            .annotations()
+            .contains_key("volume.beta.kubernetes.io/storage-provisioner")
+    );
+    assert!(
+        !claim
+            .annotations()
+            .contains_key("volume.kubernetes.io/storage-provisioner")
+    );
+    c.delete_claim("old-cluster").await;
+    c.wait_volume_gone(&pv.name_any()).await;
+    assert!(entries(root.path()).is_empty());
     p.stop();
 }
