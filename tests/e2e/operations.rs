@@ -408,3 +408,68 @@ async fn a_second_signal_exits_at_once() {
     let status = wait_exit(&mut child).await;
     assert_eq!(status.code(), Some(130));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_name_the_claim_and_volume() {
+    let c = TestCluster::fake(Options::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c
+        .create_class("logged", &[("onDelete", "delete")], "Delete")
+        .await;
+    let fake = c.fake_server().unwrap();
+    let kubeconfig = kubeconfig_for(
+        &fake.url(),
+        &fake.token_for(crate::cluster::PROVISIONER_USER),
+        dir.path(),
+    );
+    let log = dir.path().join("log.jsonl");
+    let mut child = binary()
+        .args([
+            "--provisioner-name",
+            "example.com/nfs",
+            "--nfs-server",
+            "nfs.example.test",
+            "--nfs-path",
+            "/exports",
+        ])
+        .arg("--mount-path")
+        .arg(root.path())
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "--enable-leader-election",
+            "false",
+            "--admin-address",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    c.create_claim(&TestCluster::claim("logged", &class)).await;
+    let pv = c.wait_bound("logged").await;
+    signal(&child, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(wait_exit(&mut child).await.code(), Some(0));
+
+    let claim = format!("{}/logged", c.namespace);
+    let pv_name = kube::ResourceExt::name_any(&pv);
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every line is JSON"))
+        .collect();
+    let about_volume: Vec<_> = lines
+        .iter()
+        .filter(|l| {
+            l["message"].as_str().is_some_and(|m| m.contains("volume")) && l.get("span").is_some()
+        })
+        .collect();
+    assert!(!about_volume.is_empty(), "{lines:?}");
+    for line in about_volume {
+        assert_eq!(line["span"]["claim"], claim.as_str(), "{line}");
+        assert_eq!(line["span"]["pv"], pv_name.as_str(), "{line}");
+    }
+}
