@@ -207,9 +207,20 @@ impl TestCluster {
         mutate: impl FnOnce(&mut StorageClass),
     ) -> String {
         let name = format!("{}-{short}", self.namespace);
-        let mut class = StorageClass {
+        let mut class = self.class_object(&name, parameters, reclaim);
+        mutate(&mut class);
+        self.classes()
+            .create(&PostParams::default(), &class)
+            .await
+            .expect("create storage class");
+        self.classes.lock().unwrap().push(name.clone());
+        name
+    }
+
+    fn class_object(&self, name: &str, parameters: &[(&str, &str)], reclaim: &str) -> StorageClass {
+        StorageClass {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(name.to_string()),
                 ..Default::default()
             },
             provisioner: self.provisioner_name.clone(),
@@ -221,14 +232,20 @@ impl TestCluster {
             ),
             reclaim_policy: Some(reclaim.to_string()),
             ..Default::default()
-        };
-        mutate(&mut class);
+        }
+    }
+
+    /// StorageClass parameters are immutable: changing them means deleting and re-creating
+    /// the class under the same name.
+    pub async fn replace_class(&self, name: &str, parameters: &[(&str, &str)], reclaim: &str) {
+        self.delete_class(name).await;
         self.classes()
-            .create(&PostParams::default(), &class)
+            .create(
+                &PostParams::default(),
+                &self.class_object(name, parameters, reclaim),
+            )
             .await
-            .expect("create storage class");
-        self.classes.lock().unwrap().push(name.clone());
-        name
+            .expect("re-create storage class");
     }
 
     pub async fn delete_class(&self, name: &str) {

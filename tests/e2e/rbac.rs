@@ -93,85 +93,45 @@ async fn lifecycle(c: &TestCluster, root: &std::path::Path) -> Result<(), String
             .await;
         c.create_claim(&TestCluster::claim("good", &late)).await;
         c.create_claim(&TestCluster::claim("bad", &broken)).await;
-        let bound = async {
-            loop {
-                let claim = c.claims().get("good").await.unwrap();
-                if claim.status.and_then(|s| s.phase).as_deref() == Some("Bound") {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(limit, bound)
-            .await
-            .map_err(|_| "claim bound".to_string())?;
-        let reported = async {
-            loop {
-                let events = c.events_about(&c.namespace, "good").await;
-                if events
-                    .iter()
-                    .any(|e| e.reason.as_deref() == Some("ProvisioningSucceeded"))
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(limit, reported)
-            .await
-            .map_err(|_| "success event written".to_string())?;
+        within(limit, "claim bound", || async {
+            let claim = c.claims().get("good").await.unwrap();
+            claim.status.and_then(|s| s.phase).as_deref() == Some("Bound")
+        })
+        .await?;
+        within(limit, "success event written", || async {
+            let events = c.events_about(&c.namespace, "good").await;
+            events
+                .iter()
+                .any(|e| e.reason.as_deref() == Some("ProvisioningSucceeded"))
+        })
+        .await?;
         // Repeated failures of one claim update one event series (create, then patch).
-        let series = async {
-            loop {
-                let events = c.events_about(&c.namespace, "bad").await;
-                if events
-                    .iter()
-                    .any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(limit, series)
-            .await
-            .map_err(|_| "repeated failure event patched".to_string())?;
-        let adopted = async {
-            loop {
-                let pv = c.volumes().get("legacy-pv").await.unwrap();
-                if pv
-                    .finalizers()
-                    .iter()
-                    .any(|f| f == nfs_provisioner::persistent_volume::FINALIZER)
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(limit, adopted)
-            .await
-            .map(|_| ())
-            .map_err(|_| "legacy PV adopted".to_string())?;
+        within(limit, "repeated failure event patched", || async {
+            let events = c.events_about(&c.namespace, "bad").await;
+            events
+                .iter()
+                .any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+        })
+        .await?;
+        within(limit, "legacy PV adopted", || async {
+            let pv = c.volumes().get("legacy-pv").await.unwrap();
+            pv.finalizers()
+                .iter()
+                .any(|f| f == nfs_provisioner::persistent_volume::FINALIZER)
+        })
+        .await?;
         // Leadership must be kept, not just won: the Lease is renewed.
-        let renewed = async {
-            loop {
-                let fake = c.fake_server().unwrap();
-                if let Some(lease) = fake.get(
-                    fake_apiserver::Kind::Lease,
-                    "nfs-provisioner",
-                    "example.com-nfs",
-                ) && lease["spec"]["renewTime"] != lease["spec"]["acquireTime"]
-                    && p.is_leading()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(limit, renewed)
-            .await
-            .map_err(|_| "lease renewed".to_string())?;
+        within(limit, "lease renewed", || async {
+            let fake = c.fake_server().unwrap();
+            let lease = fake.get(
+                fake_apiserver::Kind::Lease,
+                "nfs-provisioner",
+                "example.com-nfs",
+            );
+            lease.is_some_and(|l| l["spec"]["renewTime"] != l["spec"]["acquireTime"])
+                && p.is_leading()
+        })
+        .await?;
 
         let pv = c
             .claims()
@@ -185,20 +145,33 @@ async fn lifecycle(c: &TestCluster, root: &std::path::Path) -> Result<(), String
         c.delete_claim("good").await;
         c.delete_claim("legacy").await;
         for name in [pv.as_str(), "legacy-pv"] {
-            let gone = async {
-                while c.volumes().get_opt(name).await.unwrap().is_some() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            };
-            tokio::time::timeout(limit, gone)
-                .await
-                .map_err(|_| format!("PV {name} reclaimed"))?;
+            within(limit, "PV reclaimed", || async {
+                c.volumes().get_opt(name).await.unwrap().is_none()
+            })
+            .await
+            .map_err(|e| format!("{e}: {name}"))?;
         }
         Ok::<(), String>(())
     }
     .await;
     p.kill();
     outcome
+}
+
+/// Polls `check` until it holds; `Err(what)` when `limit` passes first.
+async fn within<F, Fut>(limit: Duration, what: &str, mut check: F) -> Result<(), String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    while !check().await {
+        if tokio::time::Instant::now() > deadline {
+            return Err(what.to_string());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
 }
 
 async fn run_lifecycle_with(objects: Vec<Value>) -> (Result<(), String>, Vec<String>) {

@@ -350,25 +350,8 @@ async fn fixing_the_class_provisions_waiting_claims_without_a_restart() {
         .await;
     c.create_claim(&TestCluster::claim("waiting", &class)).await;
     c.wait_claim_event("waiting", "ProvisioningFailed").await;
-    // StorageClass parameters are immutable: fixing a class means re-creating it.
-    c.delete_class(&class).await;
-    let fixed = c
-        .classes()
-        .create(
-            &PostParams::default(),
-            &k8s_openapi::api::storage::v1::StorageClass {
-                metadata: ObjectMeta {
-                    name: Some(class.clone()),
-                    ..Default::default()
-                },
-                provisioner: c.provisioner_name.clone(),
-                parameters: Some(BTreeMap::from([("onDelete".into(), "delete".into())])),
-                reclaim_policy: Some("Delete".into()),
-                ..Default::default()
-            },
-        )
+    c.replace_class(&class, &[("onDelete", "delete")], "Delete")
         .await;
-    fixed.expect("re-create class");
     let pv = c.wait_bound("waiting").await;
     assert_eq!(pv.annotations()[ANN_ON_DELETE], "delete");
     s.finish().await;
@@ -386,23 +369,8 @@ async fn the_recorded_policy_wins_over_later_class_changes() {
     let pv = c.wait_bound("precious").await;
     let dir = s.default_dir("precious", &pv);
     // Someone replaces the class with one that deletes data.
-    c.delete_class(&class).await;
-    c.classes()
-        .create(
-            &PostParams::default(),
-            &k8s_openapi::api::storage::v1::StorageClass {
-                metadata: ObjectMeta {
-                    name: Some(class.clone()),
-                    ..Default::default()
-                },
-                provisioner: c.provisioner_name.clone(),
-                parameters: Some(BTreeMap::from([("onDelete".into(), "delete".into())])),
-                reclaim_policy: Some("Delete".into()),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("re-create class");
+    c.replace_class(&class, &[("onDelete", "delete")], "Delete")
+        .await;
     c.delete_claim("precious").await;
     c.wait_volume_gone(&pv.name_any()).await;
     assert!(
