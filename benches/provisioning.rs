@@ -707,7 +707,7 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
         .lines()
         .filter(|l| l.starts_with("nfs_provisioner_failures_total{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+        .fold(0.0, |a, b| a + b);
     println!("failed attempts (provisioner metrics): {failures}");
 
     if let Some(fake) = &t.fake {
