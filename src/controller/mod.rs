@@ -134,6 +134,12 @@ pub enum Next {
     RecheckAfter(Duration),
 }
 
+/// Objects per page of a watch's initial list. Each page is held in full (with managedFields
+/// and everything the cache later drops) while it is decoded, so smaller pages keep the
+/// startup peak of a big cluster down: 10 000 claims and volumes cost 100 list requests per
+/// kind instead of 20.
+const WATCH_PAGE_SIZE: u32 = 100;
+
 /// Watches and caches claims, volumes and classes, feeding keys into `queue`.
 pub struct Watches {
     pub claims: Store<Claim>,
@@ -169,7 +175,7 @@ impl Watches {
         queue: &Arc<WorkQueue<WorkItem>>,
         stop: &CancellationToken,
     ) -> Self {
-        let config = watcher::Config::default();
+        let config = watcher::Config::default().page_size(WATCH_PAGE_SIZE);
 
         let (claims, writer) = reflector::store();
         let claim_queue = queue.clone();
