@@ -346,8 +346,7 @@ impl Provisioner {
             return false;
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        if s
-            .write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             .is_err()
         {
             return false;
@@ -463,7 +462,11 @@ fn spawn_watches(t: &Target, observed: Arc<Mutex<Observed>>) {
                     };
                     let mut o = obs.lock().unwrap();
                     if o.pvs.insert(pv.name_any(), claim.clone()).is_none() {
-                        o.claims.entry(claim).or_default().pv_seen.get_or_insert(now);
+                        o.claims
+                            .entry(claim)
+                            .or_default()
+                            .pv_seen
+                            .get_or_insert(now);
                     }
                 }
                 watcher::Event::Delete(pv) => {
@@ -623,6 +626,8 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
     let hwm = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
     let end_rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
     let nthreads = threads(pid).unwrap_or(0);
+    let end_anon = proc_status_kb(pid, "RssAnon:").unwrap_or(0);
+    let end_file = proc_status_kb(pid, "RssFile:").unwrap_or(0);
     let sampled_peak = provisioner.peak_sampled_rss_kb.load(Ordering::Relaxed);
     let metrics = provisioner.metrics();
     provisioner.stop();
@@ -659,7 +664,10 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
     if !args.provisioner_args.is_empty() {
         println!("provisioner args: {}", args.provisioner_args);
     }
-    println!("provisioner ready (caches synced) after   {}", ms(ready_after));
+    println!(
+        "provisioner ready (caches synced) after   {}",
+        ms(ready_after)
+    );
     println!(
         "claims created (concurrency {})          {}",
         args.concurrency,
@@ -698,6 +706,11 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
         mb(startup_hwm)
     );
     println!(
+        "  at the end: {:.1} MB anonymous (heap, stacks), {:.1} MB file-backed (the binary's pages)",
+        mb(end_anon),
+        mb(end_file)
+    );
+    println!(
         "provisioner CPU: {cpu_total:.2} s total (startup {cpu_at_ready:.2} s, provisioning {:.2} s, deleting {:.2} s); {nthreads} threads",
         cpu_after_bind - cpu_at_ready,
         cpu_total - cpu_after_bind
@@ -711,12 +724,7 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
     println!("failed attempts (provisioner metrics): {failures}");
 
     if let Some(fake) = &t.fake {
-        report_requests(
-            fake,
-            n,
-            pvs_expected,
-            [wall_create, wall_delete, wall_end],
-        );
+        report_requests(fake, n, pvs_expected, [wall_create, wall_delete, wall_end]);
     }
     let log_text = std::fs::read_to_string(&log).unwrap_or_default();
     let warnings = log_text.lines().filter(|l| l.contains(" WARN ")).count();
@@ -770,7 +778,10 @@ fn report_requests(fake: &FakeApiServer, n: usize, pvs: usize, bounds: [SystemTi
             in_phase.len() as f64 / secs.max(1e-9)
         );
         for (k, c) in by_kind {
-            println!("    {k:<40} {c:>7}  ({:.2} per claim)", c as f64 / per.max(1) as f64);
+            println!(
+                "    {k:<40} {c:>7}  ({:.2} per claim)",
+                c as f64 / per.max(1) as f64
+            );
         }
     }
     let watches = reqs
@@ -797,7 +808,10 @@ fn background_objects(n: usize) -> (Vec<Value>, Vec<Value>) {
         let pv_name = format!("pvc-{uid}");
         let nfs = i % 10 == 0;
         let (class, driver) = if nfs {
-            ("nfs-legacy", "cluster.local/nfs-subdir-external-provisioner")
+            (
+                "nfs-legacy",
+                "cluster.local/nfs-subdir-external-provisioner",
+            )
         } else {
             ("gp3", "ebs.csi.aws.com")
         };

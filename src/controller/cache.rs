@@ -109,16 +109,12 @@ pub fn lean_volume(pv: &mut Volume, ours: bool) {
     }
     pv.metadata = identity(&mut pv.metadata);
     pv.status = None;
-    pv.spec = pv
-        .spec
-        .take()
-        .and_then(|s| s.nfs)
-        .map(|nfs| {
-            Box::new(PersistentVolumeSpec {
-                nfs: Some(nfs),
-                ..Default::default()
-            })
-        });
+    pv.spec = pv.spec.take().and_then(|s| s.nfs).map(|nfs| {
+        Box::new(PersistentVolumeSpec {
+            nfs: Some(nfs),
+            ..Default::default()
+        })
+    });
 }
 
 #[cfg(test)]

@@ -47,24 +47,12 @@ impl EventPublisher {
         }
     }
 
-    pub async fn on_claim(
-        &self,
-        claim: &Claim,
-        kind: EventType,
-        reason: &str,
-        note: String,
-    ) {
+    pub async fn on_claim(&self, claim: &Claim, kind: EventType, reason: &str, note: String) {
         self.publish(claim.object_ref(&()), kind, reason, note)
             .await;
     }
 
-    pub async fn on_volume(
-        &self,
-        pv: &Volume,
-        kind: EventType,
-        reason: &str,
-        note: String,
-    ) {
+    pub async fn on_volume(&self, pv: &Volume, kind: EventType, reason: &str, note: String) {
         self.publish(pv.object_ref(&()), kind, reason, note).await;
     }
 

@@ -179,17 +179,14 @@ impl Watches {
 
         let (claims, writer) = reflector::store();
         let claim_queue = queue.clone();
-        let stream = watcher(
-            Api::<Claim>::all(client.clone()),
-            config.clone(),
-        )
-        .default_backoff()
-        .modify(|claim: &mut Claim| {
-            trim(claim);
-            cache::lean_claim(claim);
-        })
-        .reflect(writer)
-        .applied_objects();
+        let stream = watcher(Api::<Claim>::all(client.clone()), config.clone())
+            .default_backoff()
+            .modify(|claim: &mut Claim| {
+                trim(claim);
+                cache::lean_claim(claim);
+            })
+            .reflect(writer)
+            .applied_objects();
         spawn_until(
             stop,
             stream,
@@ -215,16 +212,11 @@ impl Watches {
             })
             .reflect(writer)
             .applied_objects();
-        spawn_until(
-            stop,
-            stream,
-            "persistentvolumes",
-            move |pv: Volume| {
-                if volume_is_ours(&pv, &name) {
-                    volume_queue.add(WorkItem::Volume(ObjectRef::from_obj(&pv)));
-                }
-            },
-        );
+        spawn_until(stop, stream, "persistentvolumes", move |pv: Volume| {
+            if volume_is_ours(&pv, &name) {
+                volume_queue.add(WorkItem::Volume(ObjectRef::from_obj(&pv)));
+            }
+        });
 
         let (classes, writer) = reflector::store();
         let class_queue = queue.clone();

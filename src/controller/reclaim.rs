@@ -72,11 +72,7 @@ pub async fn reconcile(
     reconcile_volume(ctx, &pv, term).instrument(span).await
 }
 
-async fn reconcile_volume(
-    ctx: &Context,
-    pv: &Volume,
-    term: &CancellationToken,
-) -> Result<Next> {
+async fn reconcile_volume(ctx: &Context, pv: &Volume, term: &CancellationToken) -> Result<Next> {
     let deleting = pv.metadata.deletion_timestamp.is_some();
     let api: Api<Volume> = Api::all(ctx.client.clone());
     let name = pv.name_any();
@@ -252,23 +248,26 @@ fn delete_policy(ctx: &Context, pv: &Volume) -> Result<OnDelete> {
 }
 
 /// Another PV (any state, any provisioner) whose NFS source is the same directory.
-fn other_volume_using(
-    ctx: &Context,
-    pv: &Volume,
-    directory: &VolumeDirectory,
-) -> Option<String> {
-    let me = pv.name_any();
-    ctx.volumes.state().iter().find_map(|other| {
-        if other.name_any() == me {
-            return None;
-        }
-        let nfs = other.spec.as_ref()?.nfs.as_ref()?;
-        if nfs.server != ctx.nfs_server {
-            return None;
-        }
-        let theirs = ctx.export.directory_of(&nfs.path).ok()?;
-        (theirs == *directory).then(|| other.name_any())
-    })
+fn other_volume_using(ctx: &Context, pv: &Volume, directory: &VolumeDirectory) -> Option<String> {
+    // Runs once per reclaim over every cached volume: no allocation per volume (cloning
+    // each name here dominated the delete path's CPU with 10 000 volumes cached).
+    let me = pv.metadata.name.as_deref();
+    ctx.volumes
+        .find(|other| {
+            other.metadata.name.as_deref() != me
+                && other
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.nfs.as_ref())
+                    .is_some_and(|nfs| {
+                        nfs.server == ctx.nfs_server
+                            && ctx
+                                .export
+                                .directory_of(&nfs.path)
+                                .is_ok_and(|theirs| theirs == *directory)
+                    })
+        })
+        .map(|other| other.name_any())
 }
 
 async fn add_finalizer(api: &Api<Volume>, pv: &Volume) -> Result<()> {
