@@ -329,7 +329,8 @@ impl TestCluster {
         let _ = Api::<Namespace>::all(self.client.clone())
             .delete(&self.namespace, &DeleteParams::default())
             .await;
-        for class in self.classes.lock().unwrap().clone() {
+        let classes = self.classes.lock().unwrap().clone();
+        for class in classes {
             let _ = self
                 .classes()
                 .delete(&class, &DeleteParams::default())
