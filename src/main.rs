@@ -10,7 +10,6 @@ use nfs_provisioner::{app, kube_client};
 
 /// Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad settings, 130 second signal.
 fn main() -> ExitCode {
-    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
@@ -47,21 +46,6 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(settings))
-}
-
-/// glibc gives every thread that allocates its own heap arena (up to 8 per core); memory freed
-/// in one arena cannot serve another, so a burst of work leaves the resident set several
-/// times larger than what is live. Two arenas keep contention low on a two-thread runtime
-/// and the resident set close to the live data (measured in BENCHMARKS.md).
-/// `MALLOC_ARENA_MAX` in the environment still wins.
-fn limit_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: called first thing in main, before any other thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }
 
 fn init_logging(settings: &Settings) -> Result<(), String> {
