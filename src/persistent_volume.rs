@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim, PersistentVolumeSpec,
+    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaimSpec,
+    PersistentVolumeSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::ObjectMeta;
@@ -103,11 +104,8 @@ impl VolumeSpec {
 }
 
 /// The storage request of a claim, which becomes the PV's capacity.
-pub fn requested_storage(claim: &PersistentVolumeClaim) -> Option<Quantity> {
-    claim
-        .spec
-        .as_ref()?
-        .resources
+pub fn requested_storage(spec: &PersistentVolumeClaimSpec) -> Option<Quantity> {
+    spec.resources
         .as_ref()?
         .requests
         .as_ref()?

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::PostParams;
 use kube::runtime::events::EventType;
@@ -12,10 +12,8 @@ use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
-use super::events::{
-    REASON_PROVISIONING, REASON_PROVISIONING_FAILED, REASON_PROVISIONING_SUCCEEDED,
-};
-use super::{Context, Error, Next, Result, claim_may_need_a_volume};
+use super::events::{REASON_PROVISIONING_FAILED, REASON_PROVISIONING_SUCCEEDED};
+use super::{Claim, Context, Error, Next, Result, claim_may_need_a_volume};
 use crate::parameters::{ClassParameters, DirectoryPermissions};
 use crate::persistent_volume::{
     ANN_SELECTED_NODE, ANN_STORAGE_CLASS_BETA, ANN_STORAGE_PROVISIONER,
@@ -25,7 +23,7 @@ use crate::planning::{VolumeRequest, plan_directory};
 use crate::storage::CreateOutcome;
 
 /// The class a claim asks for: `spec.storageClassName`, or the legacy beta annotation.
-pub fn class_name_of(claim: &PersistentVolumeClaim) -> Option<String> {
+pub fn class_name_of(claim: &Claim) -> Option<String> {
     claim
         .spec
         .as_ref()
@@ -37,7 +35,7 @@ pub fn class_name_of(claim: &PersistentVolumeClaim) -> Option<String> {
 /// The claim's StorageClass when this provisioner is asked to act on the claim: the class
 /// names us, kube-controller-manager handed the claim to us (GA or beta annotation), and a
 /// WaitForFirstConsumer claim has its node selected.
-pub fn qualifying_class(ctx: &Context, claim: &PersistentVolumeClaim) -> Option<Arc<StorageClass>> {
+pub fn qualifying_class(ctx: &Context, claim: &Claim) -> Option<Arc<StorageClass>> {
     let class = ctx.classes.get(&ObjectRef::new(&class_name_of(claim)?))?;
     if class.provisioner != ctx.provisioner_name {
         return None;
@@ -57,7 +55,7 @@ pub fn qualifying_class(ctx: &Context, claim: &PersistentVolumeClaim) -> Option<
 }
 
 /// Claims this provisioner refuses, whatever the class says.
-fn unsupported_request(claim: &PersistentVolumeClaim) -> Option<Error> {
+fn unsupported_request(claim: &Claim) -> Option<Error> {
     let spec = claim.spec.as_ref()?;
     if spec.volume_mode.as_deref() == Some("Block") {
         return Some(Error::BlockVolumeMode);
@@ -82,7 +80,7 @@ fn unsupported_request(claim: &PersistentVolumeClaim) -> Option<Error> {
 
 pub async fn reconcile(
     ctx: &Context,
-    key: &ObjectRef<PersistentVolumeClaim>,
+    key: &ObjectRef<Claim>,
     term: &CancellationToken,
 ) -> Result<Next> {
     let Some(claim) = ctx.claims.get(key) else {
@@ -130,7 +128,7 @@ pub async fn reconcile(
 
 async fn provision(
     ctx: &Context,
-    claim: &PersistentVolumeClaim,
+    claim: &Claim,
     class: &StorageClass,
     pv_name: &str,
     term: &CancellationToken,
@@ -147,7 +145,11 @@ async fn provision(
                 source: Box::new(source),
             }
         })?;
-    let capacity = requested_storage(claim).ok_or(Error::NoStorageRequest)?;
+    let capacity = claim
+        .spec
+        .as_deref()
+        .and_then(requested_storage)
+        .ok_or(Error::NoStorageRequest)?;
     let request = VolumeRequest {
         namespace: claim.namespace().unwrap_or_default(),
         claim_name: claim.name_any(),
@@ -161,17 +163,9 @@ async fn provision(
         DirectoryPermissions::resolve(&ctx.default_permissions, &parameters, claim.annotations())
             .map_err(|e| Error::InvalidClaimAnnotation(Box::new(e)))?;
 
-    ctx.events
-        .on_claim(
-            claim,
-            EventType::Normal,
-            REASON_PROVISIONING,
-            format!(
-                "External provisioner is provisioning volume for claim \"{}/{}\"",
-                request.namespace, request.claim_name
-            ),
-        )
-        .await;
+    // No `Provisioning` Normal event before the work (the Go provisioner writes one): it
+    // doubled the event writes per claim, and a claim's outcome is always reported, as
+    // `ProvisioningSucceeded` or as a `ProvisioningFailed` Warning per failed attempt.
 
     match ctx
         .root
@@ -220,13 +214,15 @@ async fn provision(
         Err(e) => return Err(e.into()),
     }
     info!(path = %spec.nfs_path, "provisioned volume");
-    ctx.events
-        .on_claim(
-            claim,
-            EventType::Normal,
-            REASON_PROVISIONING_SUCCEEDED,
-            format!("Successfully provisioned volume {pv_name}"),
-        )
-        .await;
+    // The event is written in the background: the worker moves on to the next claim instead
+    // of waiting for a write that only people read.
+    let events = ctx.events.clone();
+    let claim = claim.clone();
+    let note = format!("Successfully provisioned volume {pv_name}");
+    tokio::spawn(async move {
+        events
+            .success_on_claim(&claim, REASON_PROVISIONING_SUCCEEDED, note)
+            .await
+    });
     Ok(())
 }

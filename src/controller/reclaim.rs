@@ -11,7 +11,6 @@
 
 use std::time::Instant;
 
-use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
@@ -22,33 +21,33 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::events::{REASON_DIRECTORY_SHARED, REASON_VOLUME_FAILED_DELETE};
-use super::{Context, Error, Next, Result};
+use super::{Context, Error, Next, Result, Volume};
 use crate::parameters::{ClassParameters, OnDelete};
 use crate::persistent_volume::{ANN_ON_DELETE, FINALIZER};
 use crate::planning::{VolumeDirectory, archive_directory};
 use crate::storage::{ArchiveOutcome, RemoveOutcome};
 
-fn phase(pv: &PersistentVolume) -> &str {
+fn phase(pv: &Volume) -> &str {
     pv.status
         .as_ref()
         .and_then(|s| s.phase.as_deref())
         .unwrap_or("")
 }
 
-fn reclaim_policy(pv: &PersistentVolume) -> &str {
+fn reclaim_policy(pv: &Volume) -> &str {
     pv.spec
         .as_ref()
         .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
         .unwrap_or("Retain")
 }
 
-fn has_finalizer(pv: &PersistentVolume) -> bool {
+fn has_finalizer(pv: &Volume) -> bool {
     pv.finalizers().iter().any(|f| f == FINALIZER)
 }
 
 pub async fn reconcile(
     ctx: &Context,
-    key: &ObjectRef<PersistentVolume>,
+    key: &ObjectRef<Volume>,
     term: &CancellationToken,
 ) -> Result<Next> {
     let Some(pv) = ctx.volumes.get(key) else {
@@ -73,13 +72,9 @@ pub async fn reconcile(
     reconcile_volume(ctx, &pv, term).instrument(span).await
 }
 
-async fn reconcile_volume(
-    ctx: &Context,
-    pv: &PersistentVolume,
-    term: &CancellationToken,
-) -> Result<Next> {
+async fn reconcile_volume(ctx: &Context, pv: &Volume, term: &CancellationToken) -> Result<Next> {
     let deleting = pv.metadata.deletion_timestamp.is_some();
-    let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let api: Api<Volume> = Api::all(ctx.client.clone());
     let name = pv.name_any();
 
     if !deleting && !has_finalizer(pv) {
@@ -161,7 +156,7 @@ async fn reconcile_volume(
 /// Applies the delete policy to the volume's directory (or decides to leave it).
 async fn reclaim(
     ctx: &Context,
-    pv: &PersistentVolume,
+    pv: &Volume,
     deleting: bool,
     term: &CancellationToken,
 ) -> Result<()> {
@@ -235,7 +230,7 @@ async fn reclaim(
 
 /// The policy recorded at provisioning; for adopted PVs the class's policy now, or archive
 /// when the class is gone (never delete data when in doubt).
-fn delete_policy(ctx: &Context, pv: &PersistentVolume) -> Result<OnDelete> {
+fn delete_policy(ctx: &Context, pv: &Volume) -> Result<OnDelete> {
     if let Some(recorded) = pv.annotations().get(ANN_ON_DELETE) {
         return OnDelete::parse(recorded)
             .map_err(|_| Error::InvalidRecordedPolicy(recorded.clone()));
@@ -264,26 +259,39 @@ fn delete_policy(ctx: &Context, pv: &PersistentVolume) -> Result<OnDelete> {
 }
 
 /// Another PV (any state, any provisioner) whose NFS source is the same directory.
-fn other_volume_using(
-    ctx: &Context,
-    pv: &PersistentVolume,
-    directory: &VolumeDirectory,
-) -> Option<String> {
-    let me = pv.name_any();
-    ctx.volumes.state().iter().find_map(|other| {
-        if other.name_any() == me {
-            return None;
-        }
-        let nfs = other.spec.as_ref()?.nfs.as_ref()?;
-        if nfs.server != ctx.nfs_server {
-            return None;
-        }
-        let theirs = ctx.export.directory_of(&nfs.path).ok()?;
-        (theirs == *directory).then(|| other.name_any())
-    })
+fn other_volume_using(ctx: &Context, pv: &Volume, directory: &VolumeDirectory) -> Option<String> {
+    // Runs once per reclaim over every cached volume, so it must stay cheap per volume: no
+    // allocation, and the full path comparison only for volumes whose last path component
+    // (the volume directory's name, which normalisation never changes) is the same. Cloning
+    // each name and parsing each path here made deleting N volumes cost O(N^2) allocations.
+    let me = pv.metadata.name.as_deref();
+    let my_leaf = directory.to_string();
+    let my_leaf = last_component(&my_leaf);
+    ctx.volumes
+        .find(|other| {
+            other.metadata.name.as_deref() != me
+                && other
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.nfs.as_ref())
+                    .is_some_and(|nfs| {
+                        nfs.server == ctx.nfs_server
+                            && last_component(&nfs.path) == my_leaf
+                            && ctx
+                                .export
+                                .directory_of(&nfs.path)
+                                .is_ok_and(|theirs| theirs == *directory)
+                    })
+        })
+        .map(|other| other.name_any())
 }
 
-async fn add_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<()> {
+/// The last non-empty, non-`.` component of a path.
+fn last_component(path: &str) -> Option<&str> {
+    path.rsplit('/').find(|c| !c.is_empty() && *c != ".")
+}
+
+async fn add_finalizer(api: &Api<Volume>, pv: &Volume) -> Result<()> {
     // JSON patch with a resourceVersion test: a concurrent change fails the patch instead of
     // being overwritten, and a merge patch would replace other controllers' finalizers.
     let rv = pv.resource_version().unwrap_or_default();
@@ -310,7 +318,7 @@ async fn add_finalizer(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Re
 
 /// Removes our finalizer; the `test` makes a stale view fail (and retry) instead of removing
 /// someone else's finalizer.
-async fn remove_finalizer(api: &Api<PersistentVolume>, current: &PersistentVolume) -> Result<()> {
+async fn remove_finalizer(api: &Api<Volume>, current: &Volume) -> Result<()> {
     let name = current.name_any();
     let Some(index) = current.finalizers().iter().position(|f| f == FINALIZER) else {
         return Ok(());

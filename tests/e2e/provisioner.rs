@@ -92,6 +92,7 @@ impl ProvisionerOptions {
     }
 }
 
+#[allow(dead_code)] // observers and their accessors are for scenarios that need them
 pub struct RunningProvisioner {
     thread: Option<JoinHandle<()>>,
     shutdown: CancellationToken,
@@ -172,10 +173,12 @@ impl RunningProvisioner {
         }
     }
 
+    #[allow(dead_code)]
     pub fn is_leading(&self) -> bool {
         *self.observers.leading.borrow()
     }
 
+    #[allow(dead_code)]
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.observers.admin_address, path)
     }

@@ -1,0 +1,913 @@
+//! End-to-end provisioning benchmark.
+//!
+//! Creates N claims of one StorageClass at once, waits until all are Bound, deletes them and
+//! waits until their PVs are gone, then reports time to all bound, claims/s, claim-to-PV and
+//! claim-to-Bound latency percentiles, delete time, and the provisioner's peak RSS and CPU
+//! seconds. The provisioner is the release binary, run as a subprocess so that its memory
+//! and CPU are its own.
+//!
+//! ```sh
+//! cargo bench --bench provisioning -- --claims 1000 [--background 10000] [--kubeconfig FILE] [--provisioner-args "..."]
+//! ```
+//!
+//! Without `--kubeconfig` the cluster is the in-process fake API server (`fake-apiserver/`,
+//! which also plays kube-controller-manager's PV binder); with it, a real cluster (a unique
+//! namespace, StorageClass and provisioner name are created and removed afterwards).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::Parser;
+use fake_apiserver::{FakeApiServer, Options};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{
+    Namespace, PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    VolumeResourceRequirements,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::watcher;
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+const PROVISIONER_USER: &str = "system:serviceaccount:nfs-provisioner:nfs-provisioner";
+
+#[derive(Parser, Debug)]
+#[command(about = "Provisioning benchmark of nfs-provisioner")]
+struct Args {
+    /// Claims created at once.
+    #[arg(long, default_value_t = 1000)]
+    claims: usize,
+    /// Unrelated PVCs and PVs (other classes and drivers) seeded before the provisioner starts
+    /// (fake API server only).
+    #[arg(long, default_value_t = 0)]
+    background: usize,
+    /// Run against the cluster of this kubeconfig instead of the fake API server.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Extra arguments for the provisioner, split on whitespace (e.g. "--workers 8").
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    provisioner_args: String,
+    /// Claim creations and deletions in flight at once.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Give up waiting for a phase after this many seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout: u64,
+    /// Keep the provisioner's log (stderr+stdout) at this path.
+    #[arg(long)]
+    provisioner_log: Option<PathBuf>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("benchmark failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn random_suffix() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/uuid")
+        .map(|u| u.trim().chars().filter(|c| *c != '-').take(8).collect())
+        .unwrap_or_else(|_| format!("{:08x}", std::process::id()))
+}
+
+/// Per-claim timestamps.
+#[derive(Default, Clone, Copy)]
+struct ClaimTimes {
+    created: Option<Instant>,
+    pv_seen: Option<Instant>,
+    bound: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Observed {
+    claims: HashMap<String, ClaimTimes>,
+    /// PV name -> claim name, for PVs whose claimRef is in our namespace.
+    pvs: HashMap<String, String>,
+    pvs_gone: usize,
+    last_pv_gone: Option<Instant>,
+}
+
+struct Target {
+    client: Client,
+    fake: Option<FakeApiServer>,
+    /// Kubeconfig the provisioner uses.
+    provisioner_kubeconfig: PathBuf,
+    namespace: String,
+    class: String,
+    provisioner_name: String,
+}
+
+async fn run(args: Args) -> Result<(), BoxError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("nfs-provisioner-bench")
+        .tempdir_in(std::env::temp_dir())?;
+    let nfs_root = scratch.path().join("nfs-root");
+    std::fs::create_dir(&nfs_root)?;
+
+    let target = setup(&args, scratch.path()).await?;
+    let result = bench(&args, &target, scratch.path(), &nfs_root).await;
+    cleanup(&target).await;
+    result
+}
+
+async fn setup(args: &Args, scratch: &Path) -> Result<Target, BoxError> {
+    match &args.kubeconfig {
+        None => {
+            let fake = FakeApiServer::start(Options::default()).await?;
+            let mut config = kube::Config::new(fake.url().parse()?);
+            config.auth_info.token = Some(fake.token_for("admin").into());
+            let client = Client::try_from(config)?;
+            let token = fake.token_for(PROVISIONER_USER);
+            let kubeconfig = scratch.join("kubeconfig");
+            std::fs::write(
+                &kubeconfig,
+                format!(
+                    "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster:\n    server: {url}\nusers:\n- name: provisioner\n  user:\n    token: \"{token}\"\ncontexts:\n- name: fake\n  context:\n    cluster: fake\n    user: provisioner\ncurrent-context: fake\n",
+                    url = fake.url()
+                ),
+            )?;
+            if args.background > 0 {
+                let started = Instant::now();
+                let (claims, volumes) = background_objects(args.background);
+                let bytes: usize = claims
+                    .iter()
+                    .chain(volumes.iter())
+                    .map(|o| o.to_string().len())
+                    .sum();
+                fake.put_objects(claims)?;
+                fake.put_objects(volumes)?;
+                println!(
+                    "seeded {n} unrelated PVCs and {n} PVs ({mb:.1} MB of JSON) in {s:.1} s",
+                    n = args.background,
+                    mb = bytes as f64 / 1e6,
+                    s = started.elapsed().as_secs_f64()
+                );
+            }
+            let target = Target {
+                client,
+                fake: Some(fake),
+                provisioner_kubeconfig: kubeconfig,
+                namespace: "bench".into(),
+                class: "nfs-bench".into(),
+                provisioner_name: "example.com/nfs".into(),
+            };
+            create_namespace_and_class(&target).await?;
+            Ok(target)
+        }
+        Some(path) => {
+            let config = nfs_provisioner::kube_client::load_config(Some(path)).await?;
+            let client = Client::try_from(config)?;
+            let suffix = random_suffix();
+            let target = Target {
+                client,
+                fake: None,
+                provisioner_kubeconfig: path.clone(),
+                namespace: format!("nfs-bench-{suffix}"),
+                class: format!("nfs-bench-{suffix}"),
+                provisioner_name: format!("example.com/nfs-bench-{suffix}"),
+            };
+            create_namespace_and_class(&target).await?;
+            Ok(target)
+        }
+    }
+}
+
+async fn create_namespace_and_class(t: &Target) -> Result<(), BoxError> {
+    let ns = Namespace {
+        metadata: ObjectMeta {
+            name: Some(t.namespace.clone()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    match Api::<Namespace>::all(t.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+    {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e.into()),
+    }
+    let class = StorageClass {
+        metadata: ObjectMeta {
+            name: Some(t.class.clone()),
+            ..Default::default()
+        },
+        provisioner: t.provisioner_name.clone(),
+        reclaim_policy: Some("Delete".into()),
+        volume_binding_mode: Some("Immediate".into()),
+        parameters: Some(BTreeMap::from([("onDelete".into(), "delete".into())])),
+        ..Default::default()
+    };
+    Api::<StorageClass>::all(t.client.clone())
+        .create(&PostParams::default(), &class)
+        .await?;
+    Ok(())
+}
+
+async fn cleanup(t: &Target) {
+    if t.fake.is_some() {
+        return;
+    }
+    let dp = DeleteParams::default();
+    let _ = Api::<StorageClass>::all(t.client.clone())
+        .delete(&t.class, &dp)
+        .await;
+    let _ = Api::<Namespace>::all(t.client.clone())
+        .delete(&t.namespace, &dp)
+        .await;
+}
+
+/// The provisioner subprocess and what we sample of it.
+struct Provisioner {
+    child: Child,
+    admin: SocketAddr,
+    peak_sampled_rss_kb: Arc<AtomicU64>,
+    stop_sampling: Arc<AtomicBool>,
+}
+
+fn free_local_port() -> std::io::Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    l.local_addr()
+}
+
+fn proc_status_kb(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// utime + stime of the process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((utime + stime) / ticks)
+}
+
+fn threads(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("Threads:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl Provisioner {
+    fn start(
+        args: &Args,
+        t: &Target,
+        nfs_root: &Path,
+        log: &Path,
+    ) -> Result<Provisioner, BoxError> {
+        let admin = free_local_port()?;
+        let log_file = std::fs::File::create(log)?;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nfs-provisioner"));
+        cmd.args([
+            "--kubeconfig",
+            &t.provisioner_kubeconfig.display().to_string(),
+            "--provisioner-name",
+            &t.provisioner_name,
+            "--nfs-server",
+            "nfs.example.test",
+            "--nfs-path",
+            "/exports",
+            "--mount-path",
+            &nfs_root.display().to_string(),
+            "--enable-leader-election=false",
+            "--admin-address",
+            &admin.to_string(),
+        ])
+        .args(args.provisioner_args.split_whitespace())
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+        let child = cmd.spawn()?;
+        let pid = child.id();
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (peak, stop) = (peak.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(rss) = proc_status_kb(pid, "VmRSS:") {
+                        peak.fetch_max(rss, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            });
+        }
+        Ok(Provisioner {
+            child,
+            admin,
+            peak_sampled_rss_kb: peak,
+            stop_sampling: stop,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn ready(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.admin, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf.starts_with("HTTP/1.1 200")
+    }
+
+    fn metrics(&self) -> String {
+        let Ok(mut s) = TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let mut buf = String::new();
+        let _ = s.read_to_string(&mut buf);
+        buf
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    fn stop(mut self) {
+        self.stop_sampling.store(true, Ordering::Relaxed);
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn claim_object(name: &str, class: &str) -> PersistentVolumeClaim {
+    PersistentVolumeClaim {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([("app".into(), "nfs-bench".into())])),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeClaimSpec {
+            access_modes: Some(vec!["ReadWriteMany".into()]),
+            storage_class_name: Some(class.to_string()),
+            resources: Some(VolumeResourceRequirements {
+                requests: Some(BTreeMap::from([("storage".into(), Quantity("1Mi".into()))])),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Watches our claims (Bound times) and every PV whose claimRef is in our namespace.
+fn spawn_watches(t: &Target, observed: Arc<Mutex<Observed>>) {
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(t.client.clone(), &t.namespace);
+    let obs = observed.clone();
+    tokio::spawn(async move {
+        let stream = watcher(claims, watcher::Config::default());
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            if let watcher::Event::Apply(c) | watcher::Event::InitApply(c) = ev {
+                let bound = c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+                if bound {
+                    let now = Instant::now();
+                    let mut o = obs.lock().unwrap();
+                    let entry = o.claims.entry(c.name_any()).or_default();
+                    entry.bound.get_or_insert(now);
+                }
+            }
+        }
+    });
+    let volumes: Api<PersistentVolume> = Api::all(t.client.clone());
+    let ns = t.namespace.clone();
+    let obs = observed;
+    tokio::spawn(async move {
+        let stream = watcher(volumes, watcher::Config::default());
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            let Ok(ev) = ev else { continue };
+            let now = Instant::now();
+            match ev {
+                watcher::Event::Apply(pv) | watcher::Event::InitApply(pv) => {
+                    let Some(claim) = pv
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .filter(|r| r.namespace.as_deref() == Some(ns.as_str()))
+                        .and_then(|r| r.name.clone())
+                    else {
+                        continue;
+                    };
+                    let mut o = obs.lock().unwrap();
+                    if o.pvs.insert(pv.name_any(), claim.clone()).is_none() {
+                        o.claims
+                            .entry(claim)
+                            .or_default()
+                            .pv_seen
+                            .get_or_insert(now);
+                    }
+                }
+                watcher::Event::Delete(pv) => {
+                    let mut o = obs.lock().unwrap();
+                    if o.pvs.contains_key(&pv.name_any()) {
+                        o.pvs_gone += 1;
+                        o.last_pv_gone = Some(now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    });
+}
+
+/// Polls `done` every 10 ms until it holds, the provisioner exits, or the timeout passes.
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    provisioner: &mut Provisioner,
+    mut done: impl FnMut() -> (bool, String),
+) -> Result<(), BoxError> {
+    let deadline = Instant::now() + timeout;
+    let mut last_report = Instant::now();
+    loop {
+        let (ok, progress) = done();
+        if ok {
+            return Ok(());
+        }
+        if let Some(status) = provisioner.exited() {
+            return Err(format!("provisioner exited ({status}) while waiting for {what}").into());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}: {progress}").into());
+        }
+        if last_report.elapsed() > Duration::from_secs(10) {
+            eprintln!("  ... waiting for {what}: {progress}");
+            last_report = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Result<(), BoxError> {
+    let n = args.claims;
+    let timeout = Duration::from_secs(args.timeout);
+    let log = args
+        .provisioner_log
+        .clone()
+        .unwrap_or_else(|| scratch.join("provisioner.log"));
+    let observed = Arc::new(Mutex::new(Observed::default()));
+    spawn_watches(t, observed.clone());
+
+    // Start the provisioner and wait until its caches are synced.
+    let started = Instant::now();
+    let mut provisioner = Provisioner::start(args, t, nfs_root, &log)?;
+    let pid = provisioner.pid();
+    let ready_deadline = Instant::now() + Duration::from_secs(120);
+    while !provisioner.ready() {
+        if let Some(status) = provisioner.exited() {
+            let out = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(format!("provisioner exited ({status}) before ready:\n{out}").into());
+        }
+        if Instant::now() > ready_deadline {
+            return Err("provisioner not ready after 120 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ready_after = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    let startup_hwm = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
+    let cpu_at_ready = cpu_seconds(pid).unwrap_or(0.0);
+
+    // Create all claims, bounded concurrency.
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(t.client.clone(), &t.namespace);
+    let names: Vec<String> = (0..n).map(|i| format!("bench-{i:05}")).collect();
+    let wall_create = SystemTime::now();
+    let create_start = Instant::now();
+    futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let claims = claims.clone();
+            let class = t.class.clone();
+            let observed = observed.clone();
+            async move {
+                let at = Instant::now();
+                observed
+                    .lock()
+                    .unwrap()
+                    .claims
+                    .entry(name.clone())
+                    .or_default()
+                    .created = Some(at);
+                claims
+                    .create(&PostParams::default(), &claim_object(&name, &class))
+                    .await
+                    .map(|_| ())
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let created_in = create_start.elapsed();
+
+    let count_bound = || {
+        let o = observed.lock().unwrap();
+        let bound = names
+            .iter()
+            .filter(|c| o.claims.get(*c).is_some_and(|t| t.bound.is_some()))
+            .count();
+        (bound == n, format!("{bound}/{n} Bound"))
+    };
+    wait_until("all claims Bound", timeout, &mut provisioner, count_bound).await?;
+    let (all_bound_at, times): (Instant, Vec<ClaimTimes>) = {
+        let o = observed.lock().unwrap();
+        let times: Vec<ClaimTimes> = names.iter().map(|c| o.claims[c]).collect();
+        (times.iter().filter_map(|t| t.bound).max().unwrap(), times)
+    };
+    let to_bound = all_bound_at - create_start;
+    let cpu_after_bind = cpu_seconds(pid).unwrap_or(0.0);
+
+    // Delete all claims; wait until every PV of ours is gone.
+    let wall_delete = SystemTime::now();
+    let delete_start = Instant::now();
+    futures::stream::iter(names.iter().cloned())
+        .map(|name| {
+            let claims = claims.clone();
+            async move {
+                match claims.delete(&name, &DeleteParams::default()).await {
+                    Ok(_) => Ok(()),
+                    Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let pvs_expected = observed.lock().unwrap().pvs.len();
+    let count_gone = || {
+        let o = observed.lock().unwrap();
+        (
+            o.pvs_gone >= pvs_expected,
+            format!("{}/{pvs_expected} PVs gone", o.pvs_gone),
+        )
+    };
+    wait_until("all PVs gone", timeout, &mut provisioner, count_gone).await?;
+    let delete_time = observed
+        .lock()
+        .unwrap()
+        .last_pv_gone
+        .map(|t| t - delete_start)
+        .unwrap_or_default();
+    let wall_end = SystemTime::now();
+
+    let cpu_total = cpu_seconds(pid).unwrap_or(0.0);
+    let hwm = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
+    let end_rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    let nthreads = threads(pid).unwrap_or(0);
+    let end_anon = proc_status_kb(pid, "RssAnon:").unwrap_or(0);
+    let end_file = proc_status_kb(pid, "RssFile:").unwrap_or(0);
+    let sampled_peak = provisioner.peak_sampled_rss_kb.load(Ordering::Relaxed);
+    let metrics = provisioner.metrics();
+    provisioner.stop();
+
+    // Report.
+    let mut to_pv: Vec<Duration> = times
+        .iter()
+        .filter_map(|t| Some(t.pv_seen? - t.created?))
+        .collect();
+    let mut to_bound_each: Vec<Duration> = times
+        .iter()
+        .filter_map(|t| Some(t.bound? - t.created?))
+        .collect();
+    to_pv.sort();
+    to_bound_each.sort();
+    let dirs_left = std::fs::read_dir(nfs_root).map(|d| d.count()).unwrap_or(0);
+    let mb = |kb: u64| kb as f64 / 1024.0;
+
+    println!();
+    println!(
+        "== nfs-provisioner benchmark: {n} claims against {} ==",
+        if t.fake.is_some() {
+            "the fake API server"
+        } else {
+            "a real cluster"
+        }
+    );
+    if args.background > 0 {
+        println!(
+            "background: {b} unrelated PVCs + {b} PVs in the cluster",
+            b = args.background
+        );
+    }
+    if !args.provisioner_args.is_empty() {
+        println!("provisioner args: {}", args.provisioner_args);
+    }
+    println!(
+        "provisioner ready (caches synced) after   {}",
+        ms(ready_after)
+    );
+    println!(
+        "claims created (concurrency {})          {}",
+        args.concurrency,
+        ms(created_in)
+    );
+    println!("time to all Bound                         {}", ms(to_bound));
+    println!(
+        "throughput                                {:.1} claims/s",
+        n as f64 / to_bound.as_secs_f64()
+    );
+    println!(
+        "claim -> PV created   p50/p95/p99/max     {} / {} / {} / {}",
+        ms(percentile(&to_pv, 50.0)),
+        ms(percentile(&to_pv, 95.0)),
+        ms(percentile(&to_pv, 99.0)),
+        ms(percentile(&to_pv, 100.0))
+    );
+    println!(
+        "claim -> Bound        p50/p95/p99/max     {} / {} / {} / {}",
+        ms(percentile(&to_bound_each, 50.0)),
+        ms(percentile(&to_bound_each, 95.0)),
+        ms(percentile(&to_bound_each, 99.0)),
+        ms(percentile(&to_bound_each, 100.0))
+    );
+    println!(
+        "delete time (claims deleted -> PVs gone)  {}  ({pvs_expected} PVs, {:.1} PVs/s)",
+        ms(delete_time),
+        pvs_expected as f64 / delete_time.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "provisioner RSS: idle after sync {:.1} MB, peak {:.1} MB (VmHWM; sampled {:.1} MB), end {:.1} MB; startup peak {:.1} MB",
+        mb(idle_rss),
+        mb(hwm),
+        mb(sampled_peak),
+        mb(end_rss),
+        mb(startup_hwm)
+    );
+    println!(
+        "  at the end: {:.1} MB anonymous (heap, stacks), {:.1} MB file-backed (the binary's pages)",
+        mb(end_anon),
+        mb(end_file)
+    );
+    println!(
+        "provisioner CPU: {cpu_total:.2} s total (startup {cpu_at_ready:.2} s, provisioning {:.2} s, deleting {:.2} s); {nthreads} threads",
+        cpu_after_bind - cpu_at_ready,
+        cpu_total - cpu_after_bind
+    );
+    println!("directories left on the NFS root: {dirs_left}");
+    let failures: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("nfs_provisioner_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |a, b| a + b);
+    println!("failed attempts (provisioner metrics): {failures}");
+
+    if let Some(fake) = &t.fake {
+        report_requests(fake, n, pvs_expected, [wall_create, wall_delete, wall_end]);
+    }
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    let warnings = log_text.lines().filter(|l| l.contains(" WARN ")).count();
+    let errors = log_text.lines().filter(|l| l.contains(" ERROR ")).count();
+    println!("provisioner log: {warnings} WARN, {errors} ERROR lines");
+    if warnings + errors > 0 {
+        for l in log_text
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .take(5)
+        {
+            println!("  {l}");
+        }
+    }
+    Ok(())
+}
+
+/// Requests the provisioner sent, per phase, from the fake server's log.
+fn report_requests(fake: &FakeApiServer, n: usize, pvs: usize, bounds: [SystemTime; 3]) {
+    let reqs: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.user == PROVISIONER_USER)
+        .collect();
+    for (phase, from, to, per) in [
+        ("provisioning", bounds[0], bounds[1], n),
+        ("deleting", bounds[1], bounds[2], pvs),
+    ] {
+        let in_phase: Vec<_> = reqs
+            .iter()
+            .filter(|r| r.at >= from && r.at < to && r.verb.as_deref() != Some("watch"))
+            .collect();
+        let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+        let mut per_second: BTreeMap<u64, usize> = BTreeMap::new();
+        for r in &in_phase {
+            let key = format!(
+                "{} {}",
+                r.verb.as_deref().unwrap_or(&r.method),
+                r.resource.as_deref().unwrap_or(&r.path)
+            );
+            *by_kind.entry(key).or_default() += 1;
+            let sec = r.at.duration_since(from).unwrap_or_default().as_secs();
+            *per_second.entry(sec).or_default() += 1;
+        }
+        let peak = per_second.values().max().copied().unwrap_or(0);
+        let secs = to.duration_since(from).unwrap_or_default().as_secs_f64();
+        println!(
+            "API requests while {phase}: {} ({:.2} per claim), peak {peak} req/s (1 s windows), mean {:.0} req/s",
+            in_phase.len(),
+            in_phase.len() as f64 / per.max(1) as f64,
+            in_phase.len() as f64 / secs.max(1e-9)
+        );
+        for (k, c) in by_kind {
+            println!(
+                "    {k:<40} {c:>7}  ({:.2} per claim)",
+                c as f64 / per.max(1) as f64
+            );
+        }
+    }
+    let watches = reqs
+        .iter()
+        .filter(|r| r.verb.as_deref() == Some("watch"))
+        .count();
+    let lists = reqs
+        .iter()
+        .filter(|r| r.verb.as_deref() == Some("list"))
+        .count();
+    println!("watch requests over the run: {watches}; list requests: {lists}");
+}
+
+/// `n` bound claims of other classes and their PVs (CSI, plus every tenth an NFS volume of
+/// another provisioner), with the metadata real objects carry.
+fn background_objects(n: usize) -> (Vec<Value>, Vec<Value>) {
+    let mut claims = Vec::with_capacity(n);
+    let mut volumes = Vec::with_capacity(n);
+    let filler = "x".repeat(700);
+    for i in 0..n {
+        let ns = format!("team-{:02}", i % 50);
+        let name = format!("data-app-{i}");
+        let uid = format!("{:08x}-1111-4222-8333-{:012x}", i, i * 7919);
+        let pv_name = format!("pvc-{uid}");
+        let nfs = i % 10 == 0;
+        let (class, driver) = if nfs {
+            (
+                "nfs-legacy",
+                "cluster.local/nfs-subdir-external-provisioner",
+            )
+        } else {
+            ("gp3", "ebs.csi.aws.com")
+        };
+        let last_applied = json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": format!("app-{}", i % 97)},
+                         "annotations": {"note": filler}},
+            "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": class,
+                     "resources": {"requests": {"storage": "10Gi"}}}
+        })
+        .to_string();
+        let managed = json!([
+            {"manager": "kubectl-client-side-apply", "operation": "Update", "apiVersion": "v1",
+             "time": "2024-05-01T10:00:00Z", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:kubectl.kubernetes.io/last-applied-configuration": {}},
+                          "f:labels": {".": {}, "f:app": {}, "f:team": {}}},
+                          "f:spec": {"f:accessModes": {}, "f:resources": {"f:requests": {".": {}, "f:storage": {}}},
+                                     "f:storageClassName": {}, "f:volumeMode": {}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+             "time": "2024-05-01T10:00:02Z", "fieldsType": "FieldsV1",
+             "fieldsV1": {"f:metadata": {"f:annotations": {"f:pv.kubernetes.io/bind-completed": {},
+                          "f:pv.kubernetes.io/bound-by-controller": {}, "f:volume.kubernetes.io/storage-provisioner": {}}},
+                          "f:spec": {"f:volumeName": {}}}},
+            {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+             "time": "2024-05-01T10:00:02Z", "fieldsType": "FieldsV1", "subresource": "status",
+             "fieldsV1": {"f:status": {"f:accessModes": {}, "f:capacity": {".": {}, "f:storage": {}}, "f:phase": {}}}}
+        ]);
+        claims.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": name, "namespace": ns, "uid": uid,
+                "resourceVersion": "1", "creationTimestamp": "2024-05-01T10:00:00Z",
+                "labels": {"app": format!("app-{}", i % 97), "team": format!("team-{}", i % 50),
+                           "app.kubernetes.io/managed-by": "Helm", "app.kubernetes.io/instance": format!("release-{}", i % 13)},
+                "annotations": {
+                    "kubectl.kubernetes.io/last-applied-configuration": last_applied,
+                    "pv.kubernetes.io/bind-completed": "yes",
+                    "pv.kubernetes.io/bound-by-controller": "yes",
+                    "volume.kubernetes.io/storage-provisioner": driver,
+                    "volume.beta.kubernetes.io/storage-provisioner": driver,
+                    "meta.helm.sh/release-name": format!("release-{}", i % 13),
+                    "meta.helm.sh/release-namespace": ns
+                },
+                "finalizers": ["kubernetes.io/pvc-protection"],
+                "managedFields": managed
+            },
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Gi"}},
+                     "storageClassName": class, "volumeMode": "Filesystem", "volumeName": pv_name},
+            "status": {"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"}}
+        }));
+        let source = if nfs {
+            json!({"nfs": {"server": "old-filer.example.test", "path": format!("/exports/{ns}-{name}-{pv_name}")}})
+        } else {
+            json!({"csi": {"driver": driver, "volumeHandle": format!("vol-{:017x}", i * 104729),
+                           "fsType": "ext4",
+                           "volumeAttributes": {"storage.kubernetes.io/csiProvisionerIdentity": "1714557600000-8081-ebs.csi.aws.com"}},
+                   "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                       {"key": "topology.ebs.csi.aws.com/zone", "operator": "In", "values": [format!("eu-west-1{}", ["a", "b", "c"][i % 3])]}]}]}}})
+        };
+        let mut spec = json!({
+            "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "10Gi"},
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
+                         "name": name, "uid": uid, "resourceVersion": "1"},
+            "persistentVolumeReclaimPolicy": "Delete", "storageClassName": class,
+            "volumeMode": "Filesystem"
+        });
+        for (k, v) in source.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        volumes.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {
+                "name": pv_name, "uid": format!("{:08x}-2222-4222-8333-{:012x}", i, i * 31),
+                "resourceVersion": "1", "creationTimestamp": "2024-05-01T10:00:01Z",
+                "annotations": {"pv.kubernetes.io/provisioned-by": driver,
+                                "volume.kubernetes.io/provisioner-deletion-secret-name": "",
+                                "volume.kubernetes.io/provisioner-deletion-secret-namespace": ""},
+                "finalizers": ["kubernetes.io/pv-protection", "external-attacher/ebs-csi-aws-com"],
+                "managedFields": [
+                    {"manager": "csi-provisioner", "operation": "Update", "apiVersion": "v1",
+                     "time": "2024-05-01T10:00:01Z", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:pv.kubernetes.io/provisioned-by": {}}},
+                                  "f:spec": {"f:accessModes": {}, "f:capacity": {".": {}, "f:storage": {}},
+                                             "f:claimRef": {".": {}, "f:apiVersion": {}, "f:kind": {}, "f:name": {},
+                                                            "f:namespace": {}, "f:resourceVersion": {}, "f:uid": {}},
+                                             "f:csi": {".": {}, "f:driver": {}, "f:fsType": {}, "f:volumeHandle": {}},
+                                             "f:nodeAffinity": {".": {}, "f:required": {}},
+                                             "f:persistentVolumeReclaimPolicy": {}, "f:storageClassName": {}, "f:volumeMode": {}}}},
+                    {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                     "time": "2024-05-01T10:00:02Z", "fieldsType": "FieldsV1", "subresource": "status",
+                     "fieldsV1": {"f:status": {"f:phase": {}}}}
+                ]
+            },
+            "spec": spec,
+            "status": {"phase": "Bound", "lastPhaseTransitionTime": "2024-05-01T10:00:02Z"}
+        }));
+    }
+    (claims, volumes)
+}
