@@ -87,6 +87,11 @@ async fn lifecycle(c: &TestCluster, root: &std::path::Path) -> Result<(), String
     options.leader_election = true;
     let p = RunningProvisioner::start(&options, c.provisioner_config());
     let outcome = async {
+        // Objects created from here on can only be seen through watches, not initial lists.
+        within(limit, "caches synced", || async {
+            p.observers.readiness.check().is_ok()
+        })
+        .await?;
         // A class created after start must be seen too (watched, not only listed).
         let late = c
             .create_class("late", &[("archiveOnDelete", "false")], "Delete")

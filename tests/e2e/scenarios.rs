@@ -429,9 +429,9 @@ async fn adopts_volumes_of_the_go_provisioner() {
     let deletes = c
         .create_class("legacy-delete", &[("archiveOnDelete", "false")], "Delete")
         .await;
-    let vanishing = c
-        .create_class("legacy-gone", &[("archiveOnDelete", "false")], "Delete")
-        .await;
+    // The second volume's class is gone (as after an uninstall): "never delete data when in
+    // doubt" archives it. (A class that never existed here, so no cache can still hold it.)
+    let vanishing = format!("{}-legacy-gone", c.namespace);
     let mut pvs = Vec::new();
     for (claim, class) in [("old-a", &deletes), ("old-b", &vanishing)] {
         let mut pvc = TestCluster::claim(claim, class);
@@ -456,8 +456,6 @@ async fn adopts_volumes_of_the_go_provisioner() {
         })
         .await;
     }
-    // Class of the second volume disappears: "never delete data when in doubt" archives it.
-    c.delete_class(&vanishing).await;
     for (claim, _, _) in &pvs {
         c.delete_claim(claim).await;
     }
