@@ -13,12 +13,13 @@ WORKDIR /build
 
 # Dependencies first, in their own layer: only the manifests and the lock file are copied, with
 # empty crate roots, so editing the sources does not rebuild the dependency graph.
-# (Every workspace member's manifest must be present. If Cargo.toml gains [[bench]] or [[test]]
-# targets with explicit paths, create stubs for them here too.)
+# (Every workspace member's manifest must be present, and every target Cargo.toml declares
+# explicitly, such as the [[bench]], needs a stub file.)
 COPY Cargo.toml Cargo.lock ./
 COPY fake-apiserver/Cargo.toml fake-apiserver/Cargo.toml
-RUN mkdir -p src fake-apiserver/src \
+RUN mkdir -p src fake-apiserver/src benches \
  && echo 'fn main() {}' > src/main.rs \
+ && echo 'fn main() {}' > benches/provisioning.rs \
  && touch src/lib.rs fake-apiserver/src/lib.rs \
  && cargo build --release --locked --package nfs-provisioner --bin nfs-provisioner \
  && rm -rf src
