@@ -38,6 +38,8 @@ use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
 const PROVISIONER_USER: &str = "system:serviceaccount:nfs-provisioner:nfs-provisioner";
+/// How long the bench waits after the last PV is gone before it reads the settled RSS.
+const SETTLE: Duration = Duration::from_secs(6);
 
 #[derive(Parser, Debug)]
 #[command(about = "Provisioning benchmark of nfs-provisioner")]
@@ -628,6 +630,10 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
     let nthreads = threads(pid).unwrap_or(0);
     let end_anon = proc_status_kb(pid, "RssAnon:").unwrap_or(0);
     let end_file = proc_status_kb(pid, "RssFile:").unwrap_or(0);
+    // What the provisioner keeps once the burst is over (after its periodic housekeeping).
+    tokio::time::sleep(SETTLE).await;
+    let settled_rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    let settled_anon = proc_status_kb(pid, "RssAnon:").unwrap_or(0);
     let sampled_peak = provisioner.peak_sampled_rss_kb.load(Ordering::Relaxed);
     let metrics = provisioner.metrics();
     provisioner.stop();
@@ -709,6 +715,12 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
         "  at the end: {:.1} MB anonymous (heap, stacks), {:.1} MB file-backed (the binary's pages)",
         mb(end_anon),
         mb(end_file)
+    );
+    println!(
+        "  {} s after the end: {:.1} MB ({:.1} MB anonymous)",
+        SETTLE.as_secs(),
+        mb(settled_rss),
+        mb(settled_anon)
     );
     println!(
         "provisioner CPU: {cpu_total:.2} s total (startup {cpu_at_ready:.2} s, provisioning {:.2} s, deleting {:.2} s); {nthreads} threads",
