@@ -20,6 +20,7 @@ use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::provisioner::ProvisionerOptions;
+use nfs_provisioner::persistent_volume::ANN_PROVISIONED_BY;
 
 /// User the provisioner authenticates as against the fake server (RBAC subject in `rbac/`).
 pub const PROVISIONER_USER: &str = "system:serviceaccount:nfs-provisioner:nfs-provisioner";
@@ -321,6 +322,19 @@ impl TestCluster {
         self.volumes().get(&pv_name).await.expect("bound PV exists")
     }
 
+    /// PVs provisioned by the provisioner under test.
+    pub async fn our_volumes(&self) -> Vec<PersistentVolume> {
+        let list = self
+            .volumes()
+            .list(&ListParams::default())
+            .await
+            .expect("list PVs");
+        list.items
+            .into_iter()
+            .filter(|pv| pv.annotations().get(ANN_PROVISIONED_BY) == Some(&self.provisioner_name))
+            .collect()
+    }
+
     pub async fn wait_volume_gone(&self, pv: &str) {
         self.eventually(&format!("PV {pv} to be gone"), || async {
             matches!(self.volumes().get_opt(pv).await, Ok(None)).then_some(())
@@ -390,8 +404,7 @@ impl TestCluster {
         // PVs left Released by Retain scenarios belong to this run only.
         if let Ok(list) = self.volumes().list(&ListParams::default()).await {
             for pv in list.items {
-                let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by")
-                    == Some(&self.provisioner_name);
+                let ours = pv.annotations().get(ANN_PROVISIONED_BY) == Some(&self.provisioner_name);
                 if ours {
                     let name = pv.name_any();
                     let _ = self.volumes().delete(&name, &DeleteParams::default()).await;

@@ -5,7 +5,6 @@
 
 use fake_apiserver::{Fault, FaultAction, Options};
 use kube::ResourceExt;
-use nfs_provisioner::persistent_volume::ANN_PROVISIONED_BY;
 
 use crate::cluster::{TestCluster, entries};
 use crate::provisioner::RunningProvisioner;
@@ -40,15 +39,7 @@ async fn provision_with_crash(point: CrashPoint) {
     let second =
         RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
     let pv = c.wait_bound("victim").await;
-    let ours: Vec<_> = c
-        .volumes()
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|v| v.annotations().get(ANN_PROVISIONED_BY) == Some(&c.provisioner_name))
-        .collect();
+    let ours: Vec<_> = c.our_volumes().await;
     assert_eq!(ours.len(), 1, "no duplicate PV");
     let dir = format!("{}-victim-{}", c.namespace, pv.name_any());
     assert_eq!(

@@ -6,8 +6,6 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use fake_apiserver::{Kind, Options};
-use kube::ResourceExt;
-use nfs_provisioner::persistent_volume::ANN_PROVISIONED_BY;
 
 use crate::cluster::{TestCluster, entries};
 use crate::provisioner::RunningProvisioner;
@@ -65,17 +63,6 @@ fn writers(c: &TestCluster) -> BTreeSet<String> {
         .collect()
 }
 
-async fn our_volumes(c: &TestCluster) -> usize {
-    c.volumes()
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .iter()
-        .filter(|pv| pv.annotations().get(ANN_PROVISIONED_BY) == Some(&c.provisioner_name))
-        .count()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_the_leader_provisions() {
     let c = TestCluster::fake(Options::default()).await;
@@ -101,7 +88,7 @@ async fn only_the_leader_provisions() {
         BTreeSet::from([user(leader)]),
         "followers never wrote"
     );
-    assert_eq!(our_volumes(&c).await, 20);
+    assert_eq!(c.our_volumes().await.len(), 20);
     for r in replicas {
         r.stop();
     }
@@ -133,7 +120,11 @@ async fn graceful_stop_releases_the_lease_and_hands_over_without_losing_claims()
     for i in 0..30 {
         c.wait_bound(&format!("h-{i}")).await;
     }
-    assert_eq!(our_volumes(&c).await, 30, "no claim provisioned twice");
+    assert_eq!(
+        c.our_volumes().await.len(),
+        30,
+        "no claim provisioned twice"
+    );
     assert_eq!(entries(root.path()).len(), 30, "no orphan directory");
     replicas.remove(0).stop();
 }

@@ -297,35 +297,45 @@ fn kubeconfig_for(url: &str, token: &str, dir: &std::path::Path) -> std::path::P
     path
 }
 
+/// The provisioner binary pointed at the fake control plane as `user`, with `root` as NFS root.
+fn provisioner_process(
+    c: &TestCluster,
+    dir: &std::path::Path,
+    root: &std::path::Path,
+    user: &str,
+) -> Command {
+    let fake = c.fake_server().unwrap();
+    c.grant_provisioner_roles(user);
+    let kubeconfig = kubeconfig_for(&fake.url(), &fake.token_for(user), dir);
+    let mut cmd = binary();
+    cmd.args([
+        "--provisioner-name",
+        "example.com/nfs",
+        "--nfs-server",
+        "nfs.example.test",
+        "--nfs-path",
+        "/exports",
+    ])
+    .arg("--mount-path")
+    .arg(root)
+    .arg("--kubeconfig")
+    .arg(&kubeconfig)
+    .args(["--admin-address", "127.0.0.1:0"]);
+    cmd
+}
+
 fn spawn_leader(
     c: &TestCluster,
     dir: &std::path::Path,
     root: &std::path::Path,
     user: &str,
 ) -> std::process::Child {
-    let fake = c.fake_server().unwrap();
-    c.grant_provisioner_roles(user);
-    let kubeconfig = kubeconfig_for(&fake.url(), &fake.token_for(user), dir);
-    binary()
-        .args([
-            "--provisioner-name",
-            "example.com/nfs",
-            "--nfs-server",
-            "nfs.example.test",
-            "--nfs-path",
-            "/exports",
-        ])
-        .arg("--mount-path")
-        .arg(root)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
+    provisioner_process(c, dir, root, user)
         .args([
             "--pod-namespace",
             "nfs-provisioner",
             "--pod-name",
             "signal-test",
-            "--admin-address",
-            "127.0.0.1:0",
         ])
         .args([
             "--lease-duration",
@@ -417,38 +427,18 @@ async fn json_logs_name_the_claim_and_volume() {
     let class = c
         .create_class("logged", &[("onDelete", "delete")], "Delete")
         .await;
-    let fake = c.fake_server().unwrap();
-    let kubeconfig = kubeconfig_for(
-        &fake.url(),
-        &fake.token_for(crate::cluster::PROVISIONER_USER),
-        dir.path(),
-    );
     let log = dir.path().join("log.jsonl");
-    let mut child = binary()
-        .args([
-            "--provisioner-name",
-            "example.com/nfs",
-            "--nfs-server",
-            "nfs.example.test",
-            "--nfs-path",
-            "/exports",
-        ])
-        .arg("--mount-path")
-        .arg(root.path())
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args([
-            "--enable-leader-election",
-            "false",
-            "--admin-address",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = provisioner_process(
+        &c,
+        dir.path(),
+        root.path(),
+        crate::cluster::PROVISIONER_USER,
+    )
+    .args(["--enable-leader-election", "false", "--log-format", "json"])
+    .stdout(std::fs::File::create(&log).unwrap())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     c.create_claim(&TestCluster::claim("logged", &class)).await;
     let pv = c.wait_bound("logged").await;
     signal(&child, nix::sys::signal::Signal::SIGTERM);

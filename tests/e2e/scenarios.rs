@@ -624,28 +624,12 @@ async fn a_burst_of_claims_is_provisioned_and_reclaimed_exactly_once_each() {
             "PV named after the claim"
         );
     }
-    let ours = c
-        .volumes()
-        .list(&Default::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter(|pv| pv.annotations().get(ANN_PROVISIONED_BY) == Some(&c.provisioner_name))
-        .count();
+    let ours = c.our_volumes().await.len();
     assert_eq!(ours, n, "exactly one PV per claim");
 
     futures::future::join_all(names.iter().map(|n| c.delete_claim(n))).await;
     c.eventually("all PVs gone", || async {
-        let left = c
-            .volumes()
-            .list(&Default::default())
-            .await
-            .ok()?
-            .items
-            .into_iter()
-            .filter(|pv| pv.annotations().get(ANN_PROVISIONED_BY) == Some(&c.provisioner_name))
-            .count();
+        let left = c.our_volumes().await.len();
         (left == 0).then_some(())
     })
     .await;
