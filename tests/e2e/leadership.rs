@@ -17,10 +17,20 @@ fn user(i: usize) -> String {
 }
 
 fn start_replicas(c: &TestCluster, root: &std::path::Path, n: usize) -> Vec<RunningProvisioner> {
+    start_replicas_with(c, root, n, |_| {})
+}
+
+fn start_replicas_with(
+    c: &TestCluster,
+    root: &std::path::Path,
+    n: usize,
+    adjust: impl Fn(&mut crate::provisioner::ProvisionerOptions),
+) -> Vec<RunningProvisioner> {
     (0..n)
         .map(|i| {
             let mut o = c.provisioner_options(root);
             o.leader_election = true;
+            adjust(&mut o);
             o.pod_name = format!("replica-{i}");
             c.grant_provisioner_roles(&user(i));
             RunningProvisioner::start(&o, c.fake_config_for(&user(i)))
@@ -159,7 +169,15 @@ async fn a_leader_cut_off_from_the_api_stops_before_another_can_lead() {
     let c = TestCluster::fake(Options::default()).await;
     let root = tempfile::tempdir().unwrap();
     let class = c.create_class("partition", &[], "Delete").await;
-    let replicas = start_replicas(&c, root.path(), 2);
+    // The ordering below rests on the gap between renew deadline and lease duration; 3 s of
+    // it keeps a busy machine's scheduling delays from blurring the order.
+    let replicas = start_replicas_with(&c, root.path(), 2, |o| {
+        o.lease = (
+            Duration::from_secs(5),
+            Duration::from_secs(2),
+            Duration::from_millis(300),
+        );
+    });
     let leader = wait_for_single_leader(&c, &replicas).await;
     let follower = 1 - leader;
     let mut leader_rx = replicas[leader].observers.leading.clone();

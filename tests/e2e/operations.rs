@@ -324,31 +324,63 @@ fn provisioner_process(
     cmd
 }
 
-fn spawn_leader(
-    c: &TestCluster,
-    dir: &std::path::Path,
-    root: &std::path::Path,
-    user: &str,
-) -> std::process::Child {
-    provisioner_process(c, dir, root, user)
-        .args([
-            "--pod-namespace",
-            "nfs-provisioner",
-            "--pod-name",
-            "signal-test",
-        ])
-        .args([
-            "--lease-duration",
-            "3s",
-            "--renew-deadline",
-            "2s",
-            "--retry-period",
-            "200ms",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn provisioner")
+/// A provisioner process leading against the fake as `user`, its log in `dir/log`.
+struct LeadingProcess {
+    c: TestCluster,
+    dir: tempfile::TempDir,
+    _root: tempfile::TempDir,
+    child: std::process::Child,
+}
+
+impl LeadingProcess {
+    async fn start(user: &str) -> Self {
+        let c = TestCluster::fake(Options::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let child = provisioner_process(&c, dir.path(), root.path(), user)
+            .args([
+                "--pod-namespace",
+                "nfs-provisioner",
+                "--pod-name",
+                "signal-test",
+            ])
+            .args([
+                "--lease-duration",
+                "3s",
+                "--renew-deadline",
+                "2s",
+                "--retry-period",
+                "200ms",
+            ])
+            .stdout(std::fs::File::create(dir.path().join("log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn provisioner");
+        let p = Self {
+            c,
+            dir,
+            _root: root,
+            child,
+        };
+        p.c.eventually("the process to lead", || async {
+            holder(&p.c).filter(|h| h.starts_with("signal-test_"))
+        })
+        .await;
+        p
+    }
+
+    /// Waits until the process logged a line containing `needle`.
+    async fn wait_for_log(&self, needle: &str) {
+        let log = self.dir.path().join("log");
+        self.c
+            .eventually(&format!("log line {needle:?}"), || async {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .contains(needle)
+                    .then_some(())
+            })
+            .await
+    }
 }
 
 fn holder(c: &TestCluster) -> Option<String> {
@@ -381,19 +413,12 @@ async fn wait_exit(child: &mut std::process::Child) -> std::process::ExitStatus 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_releases_the_lease_and_exits_zero() {
-    let c = TestCluster::fake(Options::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let mut child = spawn_leader(&c, dir.path(), root.path(), "signal-test");
-    c.eventually("the process to lead", || async {
-        holder(&c).filter(|h| h.starts_with("signal-test_"))
-    })
-    .await;
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    let status = wait_exit(&mut child).await;
+    let mut p = LeadingProcess::start("signal-test").await;
+    signal(&p.child, nix::sys::signal::Signal::SIGTERM);
+    let status = wait_exit(&mut p.child).await;
     assert_eq!(status.code(), Some(0));
     assert_eq!(
-        holder(&c).as_deref(),
+        holder(&p.c).as_deref(),
         Some(""),
         "lease released for the next leader"
     );
@@ -401,21 +426,14 @@ async fn sigterm_releases_the_lease_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_signal_exits_at_once() {
-    let c = TestCluster::fake(Options::default()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let root = tempfile::tempdir().unwrap();
-    let mut child = spawn_leader(&c, dir.path(), root.path(), "impatient");
-    c.eventually("the process to lead", || async {
-        holder(&c).filter(|h| h.starts_with("signal-test_"))
-    })
-    .await;
+    let mut p = LeadingProcess::start("impatient").await;
     // With the API unreachable, releasing the lease hangs: shutdown cannot finish by itself.
-    c.fake_server().unwrap().partition_user("impatient", true);
-    signal(&child, nix::sys::signal::Signal::SIGTERM);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(child.try_wait().unwrap().is_none(), "still shutting down");
-    signal(&child, nix::sys::signal::Signal::SIGINT);
-    let status = wait_exit(&mut child).await;
+    p.c.fake_server().unwrap().partition_user("impatient", true);
+    signal(&p.child, nix::sys::signal::Signal::SIGTERM);
+    p.wait_for_log("signal received: shutting down").await;
+    assert!(p.child.try_wait().unwrap().is_none(), "still shutting down");
+    signal(&p.child, nix::sys::signal::Signal::SIGINT);
+    let status = wait_exit(&mut p.child).await;
     assert_eq!(status.code(), Some(130));
 }
 

@@ -501,7 +501,8 @@ async fn a_directory_another_volume_uses_is_never_deleted() {
         .as_mut()
         .unwrap()
         .persistent_volume_reclaim_policy = Some("Retain".into());
-    other.spec.as_mut().unwrap().storage_class_name = Some(String::new());
+    // A class no claim uses, so that on a real cluster no one else's claim binds to it.
+    other.spec.as_mut().unwrap().storage_class_name = Some(format!("{}-static", c.namespace));
     c.volumes()
         .create(&PostParams::default(), &other)
         .await
