@@ -134,7 +134,13 @@ pub async fn run_observed(
     ));
 
     let queue = WorkQueue::<WorkItem>::new(settings.retry_base_delay, settings.retry_max_delay);
-    let watches = Watches::start(&client, &settings.provisioner_name, &queue, &background);
+    let watches = Watches::start(
+        &client,
+        &settings.provisioner_name,
+        &settings.nfs_server,
+        &queue,
+        &background,
+    );
     let events = EventPublisher::new(
         client.clone(),
         &settings.provisioner_name,

@@ -4,8 +4,9 @@
 //! source) and `PersistentVolumeClaim` about 1 KB, whatever they contain. In a cluster with
 //! thousands of volumes of other drivers that inline size dominates the cache, so the caches
 //! hold these types instead: the same fields, with spec and status boxed, and no claim status
-//! (the controller never reads it). Objects that can never be ours are reduced further before
-//! they are cached ([`lean_claim`], [`lean_volume`]).
+//! (the controller never reads it). Which objects are cached at all is decided where the
+//! watches start (`super::Watches`); foreign NFS volumes that are kept are reduced further
+//! ([`lean_volume`]).
 
 use std::borrow::Cow;
 
@@ -81,25 +82,6 @@ fn identity(meta: &mut ObjectMeta) -> ObjectMeta {
     }
 }
 
-/// A bound or deleting claim never needs a volume again (a bound claim's `volumeName` cannot
-/// be unset): keep its identity and `volumeName`. Every later change of the claim arrives as
-/// a new object and is judged again.
-pub fn lean_claim(claim: &mut Claim) {
-    let bound = claim
-        .spec
-        .as_ref()
-        .is_some_and(|s| !s.volume_name.as_deref().unwrap_or("").is_empty());
-    if !bound && claim.metadata.deletion_timestamp.is_none() {
-        return;
-    }
-    claim.metadata = identity(&mut claim.metadata);
-    let volume_name = claim.spec.as_mut().and_then(|s| s.volume_name.take());
-    claim.spec = Some(Box::new(PersistentVolumeClaimSpec {
-        volume_name,
-        ..Default::default()
-    }));
-}
-
 /// A volume that is not ours (another provisioner, and without our finalizer): keep its
 /// identity and, for NFS volumes, `spec.nfs` (a directory another PV points at is never
 /// deleted or archived).
@@ -126,37 +108,6 @@ mod tests {
     fn cached_shapes_are_small() {
         assert!(std::mem::size_of::<Volume>() < 512);
         assert!(std::mem::size_of::<Claim>() < 512);
-    }
-
-    #[test]
-    fn bound_claims_keep_identity_and_volume_name() {
-        let mut c: Claim = serde_json::from_value(json!({
-            "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "7",
-                         "labels": {"x": "y"}, "annotations": {"k": "v"}},
-            "spec": {"volumeName": "pv-1", "storageClassName": "gp3", "accessModes": ["ReadWriteOnce"]},
-            "status": {"phase": "Bound"}
-        }))
-        .unwrap();
-        lean_claim(&mut c);
-        assert_eq!(c.metadata.name.as_deref(), Some("a"));
-        assert_eq!(c.metadata.namespace.as_deref(), Some("n"));
-        assert_eq!(c.metadata.uid.as_deref(), Some("u"));
-        assert!(c.metadata.labels.is_none() && c.metadata.annotations.is_none());
-        let spec = c.spec.unwrap();
-        assert_eq!(spec.volume_name.as_deref(), Some("pv-1"));
-        assert!(spec.storage_class_name.is_none());
-    }
-
-    #[test]
-    fn pending_claims_are_kept_whole() {
-        let v = json!({
-            "metadata": {"name": "a", "namespace": "n", "labels": {"x": "y"}},
-            "spec": {"storageClassName": "nfs", "accessModes": ["ReadWriteMany"]}
-        });
-        let mut c: Claim = serde_json::from_value(v.clone()).unwrap();
-        let before = c.clone();
-        lean_claim(&mut c);
-        assert_eq!(c, before);
     }
 
     #[test]

@@ -167,11 +167,90 @@ fn volume_is_ours(pv: &Volume, provisioner_name: &str) -> bool {
     pv.annotations().get(ANN_PROVISIONED_BY).map(String::as_str) == Some(provisioner_name)
 }
 
+/// Decides what a watch event does to a cache that holds only the objects `keep` selects
+/// (and trims them). An object that stops qualifying is removed: its update becomes a delete
+/// for the cache. Most PVCs and PVs of a cluster belong to other drivers, and not caching them
+/// at all is what keeps memory flat however big the cluster is.
+fn select_for_cache<K>(
+    event: watcher::Event<K>,
+    keep: &impl Fn(&mut K) -> bool,
+) -> Option<watcher::Event<K>> {
+    match event {
+        watcher::Event::Apply(mut obj) => Some(if keep(&mut obj) {
+            watcher::Event::Apply(obj)
+        } else {
+            watcher::Event::Delete(obj)
+        }),
+        watcher::Event::InitApply(mut obj) => {
+            keep(&mut obj).then_some(watcher::Event::InitApply(obj))
+        }
+        other => Some(other),
+    }
+}
+
+/// A watch of `K` whose cache holds only what `keep` selects; yields the objects kept.
+fn selective_watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    keep: impl Fn(&mut K) -> bool + Send + 'static,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .filter_map(move |event| {
+            futures::future::ready(match event {
+                Ok(event) => select_for_cache(event, &keep).map(Ok),
+                Err(e) => Some(Err(e)),
+            })
+        })
+        .reflect(writer)
+        .applied_objects()
+}
+
+/// Claims the controller caches: those that may still need a volume. Bound and deleting
+/// claims never do (a bound claim's `volumeName` cannot be unset), so they are not kept.
+fn keep_claim(claim: &mut Claim) -> bool {
+    let keep = claim_may_need_a_volume(claim);
+    if keep {
+        trim(claim);
+    }
+    keep
+}
+
+/// Volumes the controller caches: its own (by annotation or finalizer) whole, and NFS volumes
+/// of the same server reduced to name and source, because a directory another PV points at is
+/// never deleted or archived. Volumes of other drivers or other servers are not kept.
+fn keep_volume(pv: &mut Volume, provisioner_name: &str, nfs_server: &str) -> bool {
+    let ours =
+        volume_is_ours(pv, provisioner_name) || pv.finalizers().iter().any(|f| f == FINALIZER);
+    let same_server = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.nfs.as_ref())
+        .is_some_and(|nfs| nfs.server == nfs_server);
+    if !ours && !same_server {
+        return false;
+    }
+    trim(pv);
+    cache::lean_volume(pv, ours);
+    true
+}
+
 impl Watches {
     /// Starts the three watches; they run until `stop` fires.
     pub fn start(
         client: &Client,
         provisioner_name: &str,
+        nfs_server: &str,
         queue: &Arc<WorkQueue<WorkItem>>,
         stop: &CancellationToken,
     ) -> Self {
@@ -179,39 +258,31 @@ impl Watches {
 
         let (claims, writer) = reflector::store();
         let claim_queue = queue.clone();
-        let stream = watcher(Api::<Claim>::all(client.clone()), config.clone())
-            .default_backoff()
-            .modify(|claim: &mut Claim| {
-                trim(claim);
-                cache::lean_claim(claim);
-            })
-            .reflect(writer)
-            .applied_objects();
+        let stream = selective_watch(
+            Api::<Claim>::all(client.clone()),
+            config.clone(),
+            writer,
+            keep_claim,
+        );
         spawn_until(
             stop,
             stream,
             "persistentvolumeclaims",
             move |claim: Claim| {
-                if claim_may_need_a_volume(&claim) {
-                    claim_queue.add(WorkItem::Claim(ObjectRef::from_obj(&claim)));
-                }
+                claim_queue.add(WorkItem::Claim(ObjectRef::from_obj(&claim)));
             },
         );
 
         let (volumes, writer) = reflector::store();
         let volume_queue = queue.clone();
         let name = provisioner_name.to_string();
-        let lean_name = provisioner_name.to_string();
-        let stream = watcher(Api::<Volume>::all(client.clone()), config.clone())
-            .default_backoff()
-            .modify(move |pv: &mut Volume| {
-                trim(pv);
-                let ours = volume_is_ours(pv, &lean_name)
-                    || pv.finalizers().iter().any(|f| f == FINALIZER);
-                cache::lean_volume(pv, ours);
-            })
-            .reflect(writer)
-            .applied_objects();
+        let (keep_name, keep_server) = (provisioner_name.to_string(), nfs_server.to_string());
+        let stream = selective_watch(
+            Api::<Volume>::all(client.clone()),
+            config.clone(),
+            writer,
+            move |pv: &mut Volume| keep_volume(pv, &keep_name, &keep_server),
+        );
         spawn_until(stop, stream, "persistentvolumes", move |pv: Volume| {
             if volume_is_ours(&pv, &name) {
                 volume_queue.add(WorkItem::Volume(ObjectRef::from_obj(&pv)));
@@ -221,20 +292,25 @@ impl Watches {
         let (classes, writer) = reflector::store();
         let class_queue = queue.clone();
         let claims_for_classes = claims.clone();
-        let name = provisioner_name.to_string();
-        let stream = watcher(Api::<StorageClass>::all(client.clone()), config)
-            .default_backoff()
-            .modify(trim)
-            .reflect(writer)
-            .applied_objects();
+        // Only this provisioner's classes: a claim of any other class is not ours to serve.
+        let keep_name = provisioner_name.to_string();
+        let stream = selective_watch(
+            Api::<StorageClass>::all(client.clone()),
+            config,
+            writer,
+            move |class: &mut StorageClass| {
+                let keep = class.provisioner == keep_name;
+                if keep {
+                    trim(class);
+                }
+                keep
+            },
+        );
         spawn_until(
             stop,
             stream,
             "storageclasses",
             move |class: StorageClass| {
-                if class.provisioner != name {
-                    return;
-                }
                 // A fixed class makes waiting claims succeed without waiting out their backoff.
                 let class_name = class.name_any();
                 for claim in claims_for_classes.state() {
@@ -374,5 +450,130 @@ async fn process(
             warn!(?key, error = %e, retry_in = ?delay, "attempt failed; will retry");
             queue.add_after(key.clone(), delay);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn claim(volume_name: Option<&str>, deleting: bool) -> Claim {
+        let deletion_timestamp = deleting.then_some("2026-01-01T00:00:00Z");
+        serde_json::from_value(json!({
+            "metadata": {"name": "a", "namespace": "n", "uid": "u",
+                         "deletionTimestamp": deletion_timestamp,
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"storageClassName": "nfs", "volumeName": volume_name}
+        }))
+        .unwrap()
+    }
+
+    fn volume(provisioned_by: &str, source: serde_json::Value) -> Volume {
+        serde_json::from_value(json!({
+            "metadata": {"name": "pv", "annotations": {ANN_PROVISIONED_BY: provisioned_by},
+                         "managedFields": [{"manager": "kcm"}]},
+            "spec": source,
+            "status": {"phase": "Bound"}
+        }))
+        .unwrap()
+    }
+
+    fn nfs(server: &str) -> serde_json::Value {
+        json!({"nfs": {"server": server, "path": "/export/x"}, "claimRef": {"name": "a"}})
+    }
+
+    #[test]
+    fn only_claims_that_may_need_a_volume_are_cached() {
+        let mut pending = claim(None, false);
+        assert!(keep_claim(&mut pending));
+        assert!(pending.metadata.managed_fields.is_none_or(|m| m.is_empty()));
+        assert!(!keep_claim(&mut claim(Some("pv-1"), false)));
+        assert!(!keep_claim(&mut claim(None, true)));
+    }
+
+    #[test]
+    fn only_our_volumes_and_nfs_volumes_of_our_server_are_cached() {
+        let mut ours = volume("me", nfs("filer"));
+        assert!(keep_volume(&mut ours, "me", "filer"));
+        assert!(
+            ours.spec.as_ref().unwrap().claim_ref.is_some(),
+            "ours is kept whole"
+        );
+        assert!(ours.status.is_some());
+
+        let mut with_our_finalizer = volume("someone-else", nfs("elsewhere"));
+        with_our_finalizer.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
+        assert!(keep_volume(&mut with_our_finalizer, "me", "filer"));
+
+        let mut same_server = volume("someone-else", nfs("filer"));
+        assert!(keep_volume(&mut same_server, "me", "filer"));
+        let spec = same_server.spec.as_ref().unwrap();
+        assert_eq!(spec.nfs.as_ref().unwrap().path, "/export/x");
+        assert!(spec.claim_ref.is_none() && same_server.status.is_none());
+
+        assert!(!keep_volume(
+            &mut volume("someone-else", nfs("elsewhere")),
+            "me",
+            "filer"
+        ));
+        let csi = json!({"csi": {"driver": "d", "volumeHandle": "h"}});
+        assert!(!keep_volume(
+            &mut volume("someone-else", csi),
+            "me",
+            "filer"
+        ));
+    }
+
+    #[test]
+    fn an_object_that_stops_qualifying_leaves_the_cache() {
+        let keep = |c: &mut Claim| keep_claim(c);
+        let bound = claim(Some("pv-1"), false);
+        assert!(matches!(
+            select_for_cache(watcher::Event::Apply(bound.clone()), &keep),
+            Some(watcher::Event::Delete(_))
+        ));
+        assert!(select_for_cache(watcher::Event::InitApply(bound.clone()), &keep).is_none());
+        assert!(matches!(
+            select_for_cache(watcher::Event::Delete(bound), &keep),
+            Some(watcher::Event::Delete(_))
+        ));
+        let pending = claim(None, false);
+        assert!(matches!(
+            select_for_cache(watcher::Event::Apply(pending.clone()), &keep),
+            Some(watcher::Event::Apply(_))
+        ));
+        assert!(matches!(
+            select_for_cache(watcher::Event::InitApply(pending), &keep),
+            Some(watcher::Event::InitApply(_))
+        ));
+        assert!(matches!(
+            select_for_cache(watcher::Event::<Claim>::InitDone, &keep),
+            Some(watcher::Event::InitDone)
+        ));
+    }
+
+    /// The reflector applies what `select_for_cache` yields: a claim that binds is gone from
+    /// the store, one that never qualified is never in it.
+    #[test]
+    fn the_store_holds_only_selected_objects() {
+        let (store, mut writer) = reflector::store::<Claim>();
+        let keep = |c: &mut Claim| keep_claim(c);
+        let mut other = claim(Some("pv-9"), false);
+        other.metadata.name = Some("other".into());
+        for event in [
+            watcher::Event::Init,
+            watcher::Event::InitApply(claim(None, false)),
+            watcher::Event::InitApply(other),
+            watcher::Event::InitDone,
+        ] {
+            if let Some(e) = select_for_cache(event, &keep) {
+                writer.apply_watcher_event(&e);
+            }
+        }
+        assert_eq!(store.state().len(), 1);
+        let e = select_for_cache(watcher::Event::Apply(claim(Some("pv-1"), false)), &keep);
+        writer.apply_watcher_event(&e.unwrap());
+        assert!(store.state().is_empty());
     }
 }
