@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::Client;
+use crate::kube_client::Clients;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -60,12 +60,12 @@ fn release_free_heap() {
 /// finish (up to the shutdown grace), releases the Lease and returns.
 pub async fn run(
     settings: Settings,
-    client: Client,
+    clients: Clients,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     run_observed(
         settings,
-        client,
+        clients,
         shutdown,
         Instrumentation::default(),
         |_| {},
@@ -84,11 +84,12 @@ pub struct Instrumentation {
 /// [`run`], handing `observe` the metrics, readiness and leadership as soon as they exist.
 pub async fn run_observed(
     settings: Settings,
-    client: Client,
+    clients: Clients,
     shutdown: CancellationToken,
     instrumentation: Instrumentation,
     observe: impl FnOnce(Observers),
 ) -> Result<(), StartError> {
+    let client = clients.work;
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
 
@@ -195,7 +196,11 @@ pub async fn run_observed(
     let elector = match &settings.leader_election {
         Some(le) => {
             info!(lease = %le.lease_name, namespace = %le.namespace, identity = %settings.identity, "campaigning for leadership");
-            let lock = LeaseLock::new(client.clone(), le.clone(), settings.identity.clone());
+            let lock = LeaseLock::new(
+                clients.leader_election.clone(),
+                le.clone(),
+                settings.identity.clone(),
+            );
             Some(tokio::spawn(lock.run(leading_tx, elector_stop.clone())))
         }
         None => {

@@ -1,5 +1,6 @@
 //! The Kubernetes API client: kubeconfig or in-cluster config, behind a client-side rate limit
-//! (`--kube-api-qps`, `--kube-api-burst`) shared by every request of the process.
+//! (`--kube-api-qps`, `--kube-api-burst`) shared by every request of the process, and a bound
+//! on requests in flight.
 
 use std::future::Future;
 use std::path::Path;
@@ -12,7 +13,17 @@ use kube::client::ClientBuilder;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use tokio::time::Instant;
-use tower::{Layer, Service};
+use tower::layer::util::{Identity, Stack};
+use tower::limit::ConcurrencyLimitLayer;
+use tower::{Layer, Service, ServiceBuilder};
+
+/// At most this many API requests wait for their response at once. kube speaks HTTP/1.1, one
+/// request per connection, so without a bound a burst (the 400-token default burst, 32 workers
+/// and their events at once) opened about a hundred connections, each with its buffers (and
+/// TLS state on a real cluster), and kept them in the pool afterwards. A watch holds its permit
+/// only until its response headers arrive. 32 requests in flight sustain the default 200
+/// requests/s up to 160 ms per request.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 32;
 
 /// Token bucket: `burst` tokens, refilled at `qps` per second.
 struct Bucket {
@@ -122,10 +133,47 @@ pub async fn load_config(kubeconfig: Option<&Path>) -> Result<Config, kube::Erro
     }
 }
 
-/// A client whose every request passes the shared rate limit.
-pub fn build_client(config: Config, qps: f64, burst: u32) -> Result<Client, kube::Error> {
-    let builder = ClientBuilder::try_from(config)?;
-    Ok(builder.with_layer(&RateLimitLayer::new(qps, burst)).build())
+/// The limits every request passes: a permit of [`MAX_REQUESTS_IN_FLIGHT`] first (so waiting
+/// for a token does not hold a connection), then a token of the shared bucket.
+pub fn request_limits(
+    qps: f64,
+    burst: u32,
+) -> ServiceBuilder<Stack<RateLimitLayer, Stack<ConcurrencyLimitLayer, Identity>>> {
+    ServiceBuilder::new()
+        .concurrency_limit(MAX_REQUESTS_IN_FLIGHT)
+        .layer(RateLimitLayer::new(qps, burst))
+}
+
+/// The API clients of one process.
+#[derive(Clone)]
+pub struct Clients {
+    /// Watches, provisioning, reclaim and events: every request passes [`request_limits`].
+    pub work: Client,
+    /// Leader election only, with its own connections and a small bucket of its own: a lease
+    /// renewal must not queue behind a burst of work (hundreds of requests waiting for
+    /// tokens), or a busy leader would lose its lease.
+    pub leader_election: Client,
+}
+
+/// Lease requests: one per retry period when all is well.
+const LEADER_ELECTION_QPS: f64 = 5.0;
+const LEADER_ELECTION_BURST: u32 = 10;
+
+/// Builds both clients from one configuration.
+pub fn build_clients(config: Config, qps: f64, burst: u32) -> Result<Clients, kube::Error> {
+    let leader_election = ClientBuilder::try_from(config.clone())?
+        .with_layer(&RateLimitLayer::new(
+            LEADER_ELECTION_QPS,
+            LEADER_ELECTION_BURST,
+        ))
+        .build();
+    let work = ClientBuilder::try_from(config)?
+        .with_layer(&request_limits(qps, burst))
+        .build();
+    Ok(Clients {
+        work,
+        leader_election,
+    })
 }
 
 #[cfg(test)]
@@ -144,5 +192,50 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         let granted = (0..20).filter(|_| take().is_none()).count();
         assert_eq!(granted, 5, "refill is capped at the burst size");
+    }
+
+    /// Many callers at once (as behind kube's request buffer): while responses are held
+    /// back, exactly `MAX_REQUESTS_IN_FLIGHT` calls reach the server; released, all complete.
+    #[tokio::test]
+    async fn requests_in_flight_are_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::sync::Semaphore;
+        use tower::ServiceExt;
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let responses = Arc::new(Semaphore::new(0));
+        let service = {
+            let (in_flight, responses) = (in_flight.clone(), responses.clone());
+            tower::service_fn(move |_: ()| {
+                let (in_flight, responses) = (in_flight.clone(), responses.clone());
+                async move {
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    responses.acquire().await.unwrap().forget();
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, std::convert::Infallible>(())
+                }
+            })
+        };
+        let buffered =
+            tower::buffer::Buffer::new(request_limits(1e6, 1_000_000).service(service), 1024);
+        let callers = 4 * MAX_REQUESTS_IN_FLIGHT;
+        let calls: Vec<_> = (0..callers)
+            .map(|_| {
+                let svc = buffered.clone();
+                tokio::spawn(async move { svc.oneshot(()).await.unwrap() })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while in_flight.load(Ordering::SeqCst) < MAX_REQUESTS_IN_FLIGHT && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Every caller has been queued long since; none beyond the bound may get through.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(in_flight.load(Ordering::SeqCst), MAX_REQUESTS_IN_FLIGHT);
+        responses.add_permits(callers);
+        for call in calls {
+            call.await.unwrap();
+        }
+        assert_eq!(in_flight.load(Ordering::SeqCst), 0);
     }
 }

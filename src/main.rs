@@ -82,8 +82,8 @@ async fn run(settings: Settings) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let client =
-        match kube_client::build_client(config, settings.kube_api_qps, settings.kube_api_burst) {
+    let clients =
+        match kube_client::build_clients(config, settings.kube_api_qps, settings.kube_api_burst) {
             Ok(c) => c,
             Err(e) => {
                 error!(error = %e, "cannot build the Kubernetes client");
@@ -93,7 +93,7 @@ async fn run(settings: Settings) -> ExitCode {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(handle_signals(shutdown.clone()));
-    match app::run(settings, client, shutdown).await {
+    match app::run(settings, clients, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!(error = %e, "cannot run");

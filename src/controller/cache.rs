@@ -1,18 +1,17 @@
 //! The shapes claims and volumes take in the controller's caches.
 //!
 //! `k8s_openapi`'s `PersistentVolume` is about 3.5 KB inline (its spec lists every volume
-//! source) and `PersistentVolumeClaim` about 1 KB, whatever they contain. In a cluster with
-//! thousands of volumes of other drivers that inline size dominates the cache, so the caches
-//! hold these types instead: the same fields, with spec and status boxed, and no claim status
-//! (the controller never reads it). Which objects are cached at all is decided where the
-//! watches start (`super::Watches`); foreign NFS volumes that are kept are reduced further
-//! ([`lean_volume`]).
+//! source) and `PersistentVolumeClaim` about 1 KB, whatever they contain. The caches hold
+//! these types instead: a claim without status (never read, so never decoded) and a volume
+//! with only the spec and status fields the controller reads. Which objects are cached at all
+//! is decided where the watches start (`super::Watches`); foreign NFS volumes that are kept
+//! are reduced further ([`lean_volume`]).
 
 use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::{
-    PersistentVolume, PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeSpec,
-    PersistentVolumeStatus,
+    NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec,
 };
 use kube::Resource;
 use kube::api::ObjectMeta;
@@ -58,17 +57,40 @@ pub struct Claim {
 }
 delegate_resource!(Claim, PersistentVolumeClaim);
 
-/// A PersistentVolume as cached (and as read from the API): spec and status boxed.
+/// A PersistentVolume as cached (and as read from the API): metadata and the few fields of
+/// spec and status the controller reads. Only ever read, never written back: writes are
+/// JSON patches and deletes, so the fields left out cannot be lost.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct Volume {
     #[serde(default)]
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<Box<PersistentVolumeSpec>>,
+    pub spec: Option<Box<VolumeSpec>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<Box<PersistentVolumeStatus>>,
+    pub status: Option<VolumeStatus>,
 }
 delegate_resource!(Volume, PersistentVolume);
+
+/// The part of a PV's spec the controller reads (`k8s_openapi`'s is about 3.4 KB inline).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_ref: Option<ObjectReference>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nfs: Option<NFSVolumeSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent_volume_reclaim_policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+/// The part of a PV's status the controller reads.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct VolumeStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+}
 
 /// Identity only: what a cache entry of an object the controller never acts on needs.
 fn identity(meta: &mut ObjectMeta) -> ObjectMeta {
@@ -92,7 +114,7 @@ pub fn lean_volume(pv: &mut Volume, ours: bool) {
     pv.metadata = identity(&mut pv.metadata);
     pv.status = None;
     pv.spec = pv.spec.take().and_then(|s| s.nfs).map(|nfs| {
-        Box::new(PersistentVolumeSpec {
+        Box::new(VolumeSpec {
             nfs: Some(nfs),
             ..Default::default()
         })
@@ -136,7 +158,7 @@ mod tests {
         assert!(csi.spec.is_none() && csi.status.is_none());
 
         let mut mine = nfs.clone();
-        mine.status = Some(Box::default());
+        mine.status = Some(VolumeStatus::default());
         let before = mine.clone();
         lean_volume(&mut mine, true);
         assert_eq!(mine, before);

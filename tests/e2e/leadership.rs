@@ -139,6 +139,45 @@ async fn graceful_stop_releases_the_lease_and_hands_over_without_losing_claims()
     replicas.remove(0).stop();
 }
 
+/// Lease renewals do not queue behind work: with a client limit of 2 requests/s and a
+/// backlog of over 8 s of requests, the leader keeps renewing (every 300 ms, 2 s deadline)
+/// and never stops leading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_of_work_does_not_cost_the_leader_its_lease() {
+    let c = TestCluster::fake(Options::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("backlog", &[], "Delete").await;
+    let replicas = start_replicas_with(&c, root.path(), 1, |o| {
+        o.extra_args
+            .extend(["--kube-api-qps", "2", "--kube-api-burst", "1"].map(String::from));
+    });
+    wait_for_single_leader(&c, &replicas).await;
+    let holder = lease_holder(&c).unwrap();
+    let claims = 16;
+    for i in 0..claims {
+        c.create_claim(&TestCluster::claim(&format!("b-{i}"), &class))
+            .await;
+    }
+    // Twice the lease duration, while the requests for 16 PVs and their events trickle out.
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < until {
+        assert!(replicas[0].is_leading(), "the leader lost its lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lease_holder(&c).unwrap(), holder);
+    let made = c.our_volumes().await.len();
+    assert!(
+        made < claims,
+        "the backlog was still draining ({made} PVs made)"
+    );
+    for i in 0..claims {
+        c.wait_bound(&format!("b-{i}")).await;
+    }
+    for r in replicas {
+        r.stop();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_leader_is_replaced_after_its_lease_expires() {
     let c = TestCluster::fake(Options::default()).await;

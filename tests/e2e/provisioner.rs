@@ -83,6 +83,11 @@ impl ProvisionerOptions {
             "5s",
             "--shutdown-grace",
             "5s",
+            // Above the defaults: scenarios are not about the client limit (options can lower it).
+            "--kube-api-qps",
+            "1000",
+            "--kube-api-burst",
+            "2000",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -115,6 +120,7 @@ impl RunningProvisioner {
         let settings = Cli::try_parse_from_args(options.args())
             .validate()
             .expect("test settings are valid");
+        let (qps, burst) = (settings.kube_api_qps, settings.kube_api_burst);
         let shutdown = CancellationToken::new();
         let (kill_tx, kill_rx) = mpsc::channel::<()>();
         let (obs_tx, obs_rx) = mpsc::channel::<Observers>();
@@ -132,10 +138,10 @@ impl RunningProvisioner {
                 }
             });
             runtime.block_on(async move {
-                let client = nfs_provisioner::kube_client::build_client(config, 1000.0, 2000)
-                    .expect("client");
+                let clients = nfs_provisioner::kube_client::build_clients(config, qps, burst)
+                    .expect("clients");
                 tokio::select! {
-                    r = app::run_observed(settings, client, stop, instrumentation, move |o| { let _ = obs_tx.send(o); }) => {
+                    r = app::run_observed(settings, clients, stop, instrumentation, move |o| { let _ = obs_tx.send(o); }) => {
                         r.expect("provisioner runs");
                     }
                     _ = killed => {}
