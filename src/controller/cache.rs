@@ -13,8 +13,12 @@ use k8s_openapi::api::core::v1::{
     NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
     PersistentVolumeClaimSpec,
 };
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::Resource;
 use kube::api::ObjectMeta;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 macro_rules! delegate_resource {
@@ -50,7 +54,7 @@ macro_rules! delegate_resource {
 /// A PersistentVolumeClaim as cached (and as read from the API): metadata and spec.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct Claim {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Box<PersistentVolumeClaimSpec>>,
@@ -62,7 +66,7 @@ delegate_resource!(Claim, PersistentVolumeClaim);
 /// JSON patches and deletes, so the fields left out cannot be lost.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct Volume {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Box<VolumeSpec>>,
@@ -90,6 +94,77 @@ pub struct VolumeSpec {
 pub struct VolumeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+}
+
+/// The annotation `kubectl apply` leaves: a copy of the whole object as last applied.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Decodes `metadata` without what the controller never reads: `managedFields` (often the
+/// largest part of an object) and the last-applied annotation are skipped while parsing, not
+/// built and then dropped. Every object of the cluster passes through here when the watches
+/// list, most of them to be discarded, so this is what bounds the memory of a list page.
+fn lean_metadata<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        annotations: Option<Annotations>,
+        creation_timestamp: Option<Time>,
+        deletion_grace_period_seconds: Option<i64>,
+        deletion_timestamp: Option<Time>,
+        finalizers: Option<Vec<String>>,
+        generate_name: Option<String>,
+        generation: Option<i64>,
+        labels: Option<BTreeMap<String, String>>,
+        name: Option<String>,
+        namespace: Option<String>,
+        owner_references: Option<Vec<OwnerReference>>,
+        resource_version: Option<String>,
+        uid: Option<String>,
+    }
+    let m = Meta::deserialize(d)?;
+    Ok(ObjectMeta {
+        annotations: m.annotations.map(|a| a.0),
+        creation_timestamp: m.creation_timestamp,
+        deletion_grace_period_seconds: m.deletion_grace_period_seconds,
+        deletion_timestamp: m.deletion_timestamp,
+        finalizers: m.finalizers,
+        generate_name: m.generate_name,
+        generation: m.generation,
+        labels: m.labels,
+        name: m.name,
+        namespace: m.namespace,
+        owner_references: m.owner_references,
+        resource_version: m.resource_version,
+        uid: m.uid,
+        ..Default::default()
+    })
+}
+
+/// Annotations without [`LAST_APPLIED`], whose value is skipped unread.
+struct Annotations(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for Annotations {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Annotations;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Annotations, A::Error> {
+                let mut out = BTreeMap::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == LAST_APPLIED {
+                        map.next_value::<IgnoredAny>()?;
+                    } else {
+                        out.insert(key, map.next_value::<String>()?);
+                    }
+                }
+                Ok(Annotations(out))
+            }
+        }
+        d.deserialize_map(Visit)
+    }
 }
 
 /// Identity only: what a cache entry of an object the controller never acts on needs.
@@ -125,6 +200,39 @@ pub fn lean_volume(pv: &mut Volume, ours: bool) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn decoding_skips_managed_fields_and_the_last_applied_copy() {
+        let v = json!({
+            "metadata": {"name": "a", "namespace": "n", "uid": "u", "resourceVersion": "7",
+                         "generation": 2, "creationTimestamp": "2024-05-01T10:00:00Z",
+                         "deletionTimestamp": "2024-05-02T10:00:00Z",
+                         "deletionGracePeriodSeconds": 0, "generateName": "a-",
+                         "labels": {"app": "db"}, "finalizers": ["f"],
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "pu"}],
+                         "annotations": {"keep": "me", LAST_APPLIED: "{\"big\": true}"},
+                         "managedFields": [{"manager": "kubectl", "fieldsType": "FieldsV1",
+                                            "fieldsV1": {"f:spec": {}}}]},
+            "spec": {"volumeName": "pv"}
+        });
+        let full: ObjectMeta = serde_json::from_value(v["metadata"].clone()).unwrap();
+        let claim: Claim = serde_json::from_value(v.clone()).unwrap();
+        let volume: Volume = serde_json::from_value(v).unwrap();
+        let mut expected = full;
+        expected.managed_fields = None;
+        expected.annotations.as_mut().unwrap().remove(LAST_APPLIED);
+        assert_eq!(claim.metadata, expected, "every other field is kept");
+        assert_eq!(volume.metadata, expected);
+        assert_eq!(claim.metadata.annotations.unwrap().len(), 1);
+
+        let bare: Claim = serde_json::from_value(json!({"metadata": {"name": "b"}})).unwrap();
+        assert_eq!(bare.metadata.name.as_deref(), Some("b"));
+        assert!(bare.metadata.annotations.is_none());
+        let null: Claim =
+            serde_json::from_value(json!({"metadata": {"name": "c", "annotations": null}}))
+                .unwrap();
+        assert!(null.metadata.annotations.is_none());
+    }
 
     #[test]
     fn cached_shapes_are_small() {
