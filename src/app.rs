@@ -171,6 +171,7 @@ pub async fn run_observed(
         root,
         claims: watches.claims.clone(),
         volumes: watches.volumes.clone(),
+        directories: watches.directories.clone(),
         classes: watches.classes.clone(),
         events,
         metrics: metrics.clone(),

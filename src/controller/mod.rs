@@ -6,6 +6,7 @@
 //! system work at the next system call.
 
 pub mod cache;
+mod directory_index;
 mod events;
 mod provision;
 pub mod queue;
@@ -14,7 +15,7 @@ mod reclaim;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -29,6 +30,7 @@ use crate::planning::{ExportPath, PlanError};
 use crate::storage::{NfsRoot, StorageError};
 
 pub use cache::{Claim, Volume};
+pub use directory_index::DirectoryIndex;
 pub use events::EventPublisher;
 use queue::WorkQueue;
 
@@ -49,6 +51,8 @@ pub struct Context {
     pub root: NfsRoot,
     pub claims: Store<Claim>,
     pub volumes: Store<Volume>,
+    /// Directory name → cached volumes pointing at such a directory (shared-directory check).
+    pub directories: Arc<DirectoryIndex>,
     pub classes: Store<StorageClass>,
     pub events: EventPublisher,
     pub metrics: Metrics,
@@ -144,6 +148,7 @@ const WATCH_PAGE_SIZE: u32 = 100;
 pub struct Watches {
     pub claims: Store<Claim>,
     pub volumes: Store<Volume>,
+    pub directories: Arc<DirectoryIndex>,
     pub classes: Store<StorageClass>,
 }
 
@@ -188,11 +193,12 @@ fn select_for_cache<K>(
     }
 }
 
-/// A watch of `K` whose cache holds only what `keep` selects; yields the objects kept.
+/// A watch of `K` whose cache holds only what `keep` selects; `cache` applies each event to
+/// the cache. Yields the objects kept.
 fn selective_watch<K>(
     api: Api<K>,
     config: watcher::Config,
-    writer: reflector::store::Writer<K>,
+    mut cache: impl FnMut(&watcher::Event<K>) + Send + 'static,
     keep: impl Fn(&mut K) -> bool + Send + 'static,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
 where
@@ -212,8 +218,16 @@ where
                 Err(e) => Some(Err(e)),
             })
         })
-        .reflect(writer)
+        .inspect_ok(move |event| cache(event))
         .applied_objects()
+}
+
+/// Applies watch events to a reflector cache.
+fn apply_to<K>(mut writer: reflector::store::Writer<K>) -> impl FnMut(&watcher::Event<K>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone,
+{
+    move |event| writer.apply_watcher_event(event)
 }
 
 /// Claims the controller caches: those that may still need a volume. Bound and deleting
@@ -261,7 +275,7 @@ impl Watches {
         let stream = selective_watch(
             Api::<Claim>::all(client.clone()),
             config.clone(),
-            writer,
+            apply_to(writer),
             keep_claim,
         );
         spawn_until(
@@ -277,10 +291,13 @@ impl Watches {
         let volume_queue = queue.clone();
         let name = provisioner_name.to_string();
         let (keep_name, keep_server) = (provisioner_name.to_string(), nfs_server.to_string());
+        let directories = Arc::new(DirectoryIndex::default());
+        let index = directories.clone();
+        let mut writer = writer;
         let stream = selective_watch(
             Api::<Volume>::all(client.clone()),
             config.clone(),
-            writer,
+            move |event: &watcher::Event<Volume>| index.apply(&mut writer, event),
             move |pv: &mut Volume| keep_volume(pv, &keep_name, &keep_server),
         );
         spawn_until(stop, stream, "persistentvolumes", move |pv: Volume| {
@@ -297,7 +314,7 @@ impl Watches {
         let stream = selective_watch(
             Api::<StorageClass>::all(client.clone()),
             config,
-            writer,
+            apply_to(writer),
             move |class: &mut StorageClass| {
                 let keep = class.provisioner == keep_name;
                 if keep {
@@ -326,6 +343,7 @@ impl Watches {
         Self {
             claims,
             volumes,
+            directories,
             classes,
         }
     }

@@ -260,35 +260,26 @@ fn delete_policy(ctx: &Context, pv: &Volume) -> Result<OnDelete> {
 
 /// Another PV (any state, any provisioner) whose NFS source is the same directory.
 fn other_volume_using(ctx: &Context, pv: &Volume, directory: &VolumeDirectory) -> Option<String> {
-    // Runs once per reclaim over every cached volume, so it must stay cheap per volume: no
-    // allocation, and the full path comparison only for volumes whose last path component
-    // (the volume directory's name, which normalisation never changes) is the same. Cloning
-    // each name and parsing each path here made deleting N volumes cost O(N^2) allocations.
-    let me = pv.metadata.name.as_deref();
-    let my_leaf = directory.to_string();
-    let my_leaf = last_component(&my_leaf);
-    ctx.volumes
-        .find(|other| {
-            other.metadata.name.as_deref() != me
-                && other
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.nfs.as_ref())
-                    .is_some_and(|nfs| {
-                        nfs.server == ctx.nfs_server
-                            && last_component(&nfs.path) == my_leaf
-                            && ctx
-                                .export
-                                .directory_of(&nfs.path)
-                                .is_ok_and(|theirs| theirs == *directory)
-                    })
+    // Only volumes whose path ends in the same directory name can point at the same
+    // directory (normalisation never changes the last component); the index lists every
+    // cached one, and each candidate is judged against the cache as it is now.
+    let me = pv.metadata.name.as_deref().unwrap_or("");
+    ctx.directories
+        .candidates(directory.name())
+        .into_iter()
+        .filter(|name| name != me)
+        .find(|name| {
+            ctx.volumes
+                .get(&ObjectRef::new(name))
+                .and_then(|other| other.spec.as_ref().and_then(|s| s.nfs.clone()))
+                .is_some_and(|nfs| {
+                    nfs.server == ctx.nfs_server
+                        && ctx
+                            .export
+                            .directory_of(&nfs.path)
+                            .is_ok_and(|theirs| theirs == *directory)
+                })
         })
-        .map(|other| other.name_any())
-}
-
-/// The last non-empty, non-`.` component of a path.
-fn last_component(path: &str) -> Option<&str> {
-    path.rsplit('/').find(|c| !c.is_empty() && *c != ".")
 }
 
 async fn add_finalizer(api: &Api<Volume>, pv: &Volume) -> Result<()> {
