@@ -13,7 +13,7 @@
 //! removed only after the cache lost it, and during a relist the old entries stay until the
 //! cache has swapped in the new list.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use kube::runtime::reflector::store::Writer;
@@ -38,7 +38,8 @@ fn name_of(pv: &Volume) -> &str {
 
 #[derive(Default)]
 struct Entries {
-    names_by_leaf: HashMap<String, HashSet<String>>,
+    /// Almost always one name per directory name: a short list, not a set.
+    names_by_leaf: HashMap<String, Vec<String>>,
     leaf_by_name: HashMap<String, String>,
 }
 
@@ -46,10 +47,10 @@ impl Entries {
     /// Adds `name` under `leaf`; returns the leaf it was listed under before, if different
     /// (still listed: the caller unlinks it once the cache holds the new object).
     fn add(&mut self, name: &str, leaf: &str) -> Option<String> {
-        self.names_by_leaf
-            .entry(leaf.to_string())
-            .or_default()
-            .insert(name.to_string());
+        let names = self.names_by_leaf.entry(leaf.to_string()).or_default();
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
         match self.leaf_by_name.insert(name.to_string(), leaf.to_string()) {
             Some(old) if old != leaf => Some(old),
             _ => None,
@@ -58,7 +59,7 @@ impl Entries {
 
     fn unlink(&mut self, name: &str, leaf: &str) {
         if let Some(names) = self.names_by_leaf.get_mut(leaf) {
-            names.remove(name);
+            names.retain(|n| n != name);
             if names.is_empty() {
                 self.names_by_leaf.remove(leaf);
             }
@@ -157,7 +158,7 @@ impl DirectoryIndex {
             .current
             .names_by_leaf
             .get(leaf)
-            .map(|names| names.iter().cloned().collect())
+            .cloned()
             .unwrap_or_default()
     }
 }
@@ -278,7 +279,7 @@ mod tests {
                 let state = index.lock();
                 let cached = store.state().iter().filter(|v| leaf_of(v).is_some()).count();
                 prop_assert_eq!(state.current.leaf_by_name.len(), cached);
-                let listed: usize = state.current.names_by_leaf.values().map(HashSet::len).sum();
+                let listed: usize = state.current.names_by_leaf.values().map(Vec::len).sum();
                 prop_assert_eq!(listed, cached);
             }
         }
