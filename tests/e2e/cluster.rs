@@ -430,6 +430,14 @@ pub fn entries(root: &Path) -> Vec<String> {
             return;
         };
         for e in rd.flatten() {
+            // The readiness probe creates and removes a marker beneath the root every few
+            // seconds; a listing can catch it in between.
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".nfs-provisioner-probe-")
+            {
+                continue;
+            }
             let p = e.path();
             out.push(p.strip_prefix(base).unwrap().display().to_string());
             if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
