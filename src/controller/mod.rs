@@ -98,6 +98,10 @@ pub enum Error {
     ForeignServer { found: String, ours: String },
     #[error("the PV has no spec.nfs")]
     NotNfs,
+    #[error(
+        "a PV named {0} already exists and is not known as this provisioner's: if an earlier attempt just created it, the next attempt finds it; otherwise another driver owns that name and it is left alone"
+    )]
+    VolumeNameTaken(String),
     #[error("the recorded delete policy {0:?} is not one of delete, retain, archive")]
     InvalidRecordedPolicy(String),
     #[error("{0}")]
@@ -121,6 +125,7 @@ impl Error {
             Error::PathOutsideExport { .. } => "path_outside_export",
             Error::ForeignServer { .. } => "foreign_server",
             Error::NotNfs => "not_nfs",
+            Error::VolumeNameTaken(_) => "volume_name_taken",
             Error::InvalidRecordedPolicy(_) => "invalid_recorded_policy",
             Error::Storage(e) => e.label(),
             Error::Kube(_) => "kube_api",

@@ -206,9 +206,14 @@ async fn provision(
         .await
     {
         Ok(_) => {}
-        // A previous attempt (or leader) created it: the name is derived from the claim uid,
-        // so this is the same volume.
+        // The name is derived from the claim's uid, so this is normally our own PV from an
+        // earlier attempt (or leader) whose answer was lost. It counts as provisioned only
+        // once the cache shows it as ours: the cache holds no PV of another provisioner, so a
+        // foreign PV of that name fails here, every attempt, instead of passing as success.
         Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "AlreadyExists" => {
+            if ctx.volumes.get(&ObjectRef::new(pv_name)).is_none() {
+                return Err(Error::VolumeNameTaken(pv_name.to_string()));
+            }
             info!("PV already exists; nothing more to do")
         }
         Err(e) => return Err(e.into()),

@@ -587,6 +587,82 @@ async fn wait_for_first_consumer_claims_wait_for_a_node() {
     s.finish().await;
 }
 
+/// A PV of someone else that already has the name this provisioner gives the claim's volume
+/// (`pvc-<claim uid>`): provisioning fails with an event naming it, the claim stays Pending
+/// and the foreign PV is left as it was. (It used to count as "already provisioned".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_name_taken_by_someone_else_fails_instead_of_passing_as_provisioned() {
+    let s = Scenario::start("name-taken").await;
+    let c = &s.cluster;
+    // WaitForFirstConsumer holds the provisioner back until the foreign PV exists.
+    let class = c
+        .create_class_with("taken", &[], "Delete", |sc| {
+            sc.volume_binding_mode = Some("WaitForFirstConsumer".into());
+        })
+        .await;
+    let claim = c.create_claim(&TestCluster::claim("taken", &class)).await;
+    let pv_name = format!("pvc-{}", claim.uid().unwrap());
+    let foreign = PersistentVolume {
+        metadata: ObjectMeta {
+            name: Some(pv_name.clone()),
+            ..Default::default()
+        },
+        spec: Some(PersistentVolumeSpec {
+            access_modes: Some(vec!["ReadWriteMany".into()]),
+            capacity: Some(BTreeMap::from([("storage".into(), Quantity("1Mi".into()))])),
+            nfs: Some(NFSVolumeSource {
+                server: "other-filer.example.test".into(),
+                path: "/elsewhere".into(),
+                read_only: None,
+            }),
+            persistent_volume_reclaim_policy: Some("Retain".into()),
+            storage_class_name: Some(format!("{class}-someone-else")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    c.volumes()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .expect("create the foreign PV");
+    let patch = serde_json::json!({"metadata": {"annotations": {"volume.kubernetes.io/selected-node": "node-1"}}});
+    c.claims()
+        .patch("taken", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("select node");
+
+    let note = c.wait_claim_event("taken", "ProvisioningFailed").await;
+    assert!(note.contains(&pv_name), "the event names the PV: {note}");
+    let after = c
+        .volumes()
+        .get(&pv_name)
+        .await
+        .expect("foreign PV still there");
+    assert_eq!(nfs_of(&after).server, "other-filer.example.test");
+    assert!(!after.annotations().contains_key(ANN_PROVISIONED_BY));
+    let pending = c.claims().get("taken").await.expect("claim");
+    assert!(
+        pending
+            .spec
+            .and_then(|spec| spec.volume_name)
+            .is_none_or(|v| v.is_empty()),
+        "the claim is not bound to the foreign PV"
+    );
+    assert!(
+        c.events_about(&c.namespace, "taken")
+            .await
+            .iter()
+            .all(|e| e.reason.as_deref() != Some("ProvisioningSucceeded")),
+        "no success is reported"
+    );
+    c.delete_claim("taken").await;
+    c.volumes()
+        .delete(&pv_name, &DeleteParams::default())
+        .await
+        .expect("remove the foreign PV");
+    s.finish().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_claims_is_provisioned_and_reclaimed_exactly_once_each() {
     let n: usize = std::env::var("E2E_BURST")
