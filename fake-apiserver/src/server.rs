@@ -177,6 +177,17 @@ async fn hold(inner: &Inner, still: impl Fn(&Inner) -> bool) -> Result<(), DropC
     }
 }
 
+/// The partition the user is in, if any.
+fn partition_of(inner: &Inner, user: &str) -> Option<Partition> {
+    inner
+        .faults
+        .lock()
+        .expect("lock")
+        .partitions
+        .get(user)
+        .copied()
+}
+
 pub(crate) async fn handle(
     inner: Arc<Inner>,
     req: Request<Incoming>,
@@ -250,14 +261,7 @@ pub(crate) async fn handle(
     }
 
     // network partitions
-    let partition = inner
-        .faults
-        .lock()
-        .expect("lock")
-        .partitions
-        .get(&user)
-        .copied();
-    match partition {
+    match partition_of(&inner, &user) {
         Some(Partition::Refuse) => return Err(DropConnection),
         Some(Partition::Hang) => {
             let u = user.clone();
@@ -265,13 +269,7 @@ pub(crate) async fn handle(
                 i.faults.lock().expect("lock").partitions.contains_key(&u)
             })
             .await?;
-            let again = inner
-                .faults
-                .lock()
-                .expect("lock")
-                .partitions
-                .get(&user)
-                .copied();
+            let again = partition_of(&inner, &user);
             if again == Some(Partition::Refuse) {
                 return Err(DropConnection);
             }

@@ -303,12 +303,8 @@ pub fn parse_label_selector(s: &str) -> Result<Vec<Requirement>, String> {
             reqs.push(Requirement::NotIn(k.trim().to_string(), parse_set(v)?));
         } else if let Some((k, v)) = term.split_once(" in ") {
             reqs.push(Requirement::In(k.trim().to_string(), parse_set(v)?));
-        } else if let Some((k, v)) = term.split_once("!=") {
-            reqs.push(Requirement::NotEq(k.trim().into(), v.trim().into()));
-        } else if let Some((k, v)) = term.split_once("==") {
-            reqs.push(Requirement::Eq(k.trim().into(), v.trim().into()));
-        } else if let Some((k, v)) = term.split_once('=') {
-            reqs.push(Requirement::Eq(k.trim().into(), v.trim().into()));
+        } else if let Some(r) = equality(&term) {
+            reqs.push(r);
         } else {
             reqs.push(Requirement::Exists(term));
         }
@@ -316,15 +312,22 @@ pub fn parse_label_selector(s: &str) -> Result<Vec<Requirement>, String> {
     Ok(reqs)
 }
 
+/// `k!=v`, `k==v` or `k=v`, the forms label and field selectors share.
+fn equality(term: &str) -> Option<Requirement> {
+    if let Some((k, v)) = term.split_once("!=") {
+        Some(Requirement::NotEq(k.trim().into(), v.trim().into()))
+    } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+        Some(Requirement::Eq(k.trim().into(), v.trim().into()))
+    } else {
+        None
+    }
+}
+
 pub fn parse_field_selector(s: &str) -> Result<Vec<Requirement>, String> {
     let mut reqs = Vec::new();
     for term in s.split(',').map(str::trim).filter(|t| !t.is_empty()) {
-        if let Some((k, v)) = term.split_once("!=") {
-            reqs.push(Requirement::NotEq(k.trim().into(), v.trim().into()));
-        } else if let Some((k, v)) = term.split_once("==") {
-            reqs.push(Requirement::Eq(k.trim().into(), v.trim().into()));
-        } else if let Some((k, v)) = term.split_once('=') {
-            reqs.push(Requirement::Eq(k.trim().into(), v.trim().into()));
+        if let Some(r) = equality(term) {
+            reqs.push(r);
         } else {
             return Err(format!(
                 "invalid selector: '{term}'; can't understand '{term}'"
