@@ -372,7 +372,6 @@ fn deploy_kustomization_installs_the_provisioner() {
         "Role",
         "RoleBinding",
         "Deployment",
-        "PodDisruptionBudget",
         "StorageClass",
     ] {
         assert!(
@@ -380,8 +379,14 @@ fn deploy_kustomization_installs_the_provisioner() {
             "deploy/kustomization.yaml installs no {kind}"
         );
     }
-    // Examples are applied by hand, never installed.
-    for kind in ["Pod", "PersistentVolumeClaim", "StatefulSet"] {
+    // Examples are applied by hand, never installed; the PodDisruptionBudget (policy/v1,
+    // Kubernetes 1.21+) is its own kustomization so the install works on 1.19 and 1.20.
+    for kind in [
+        "Pod",
+        "PersistentVolumeClaim",
+        "StatefulSet",
+        "PodDisruptionBudget",
+    ] {
         assert!(
             !kinds.contains(kind),
             "deploy/kustomization.yaml installs a {kind}"
@@ -726,7 +731,18 @@ fn pod_disruption_budget_covers_the_deployment() {
     let docs = documents();
     let pdbs: Vec<(Doc, PodDisruptionBudget)> = of_kind(&docs, "PodDisruptionBudget");
     assert_eq!(pdbs.len(), 1, "expected one PodDisruptionBudget");
-    let (_, pdb) = &pdbs[0];
+    let (doc, pdb) = &pdbs[0];
+    let budget: BTreeSet<String> = kustomized_files(&root().join("deploy/disruption-budget"))
+        .iter()
+        .flat_map(|f| parse_documents(f))
+        .map(|d| d.kind().to_string())
+        .collect();
+    assert_eq!(
+        budget,
+        BTreeSet::from(["PodDisruptionBudget".to_string()]),
+        "deploy/disruption-budget/ installs exactly the PodDisruptionBudget ({})",
+        doc.at()
+    );
     assert_eq!(
         pdb.metadata.namespace.as_deref(),
         Some(p.namespace.as_str())

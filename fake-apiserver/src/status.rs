@@ -176,13 +176,19 @@ impl ApiError {
         } else {
             format!("[{}]", parts.join(", "))
         };
+        // events.k8s.io Events are validated as core Events: the real server names them
+        // plain "Event", without a group (trace: tests/fixtures/events-cluster-scoped.json).
+        let (qualified, group) = match kind {
+            Kind::Event => ("Event".to_string(), ""),
+            _ => (kind.qualified_kind(), kind.group()),
+        };
         ApiError::new(
             422,
             "Invalid",
-            format!("{} {name:?} is invalid: {list}", kind.qualified_kind()),
+            format!("{qualified} {name:?} is invalid: {list}"),
             Some(Details {
                 name: name.into(),
-                group: kind.group().into(),
+                group: group.into(),
                 kind: kind.kind().into(),
                 causes: causes
                     .into_iter()

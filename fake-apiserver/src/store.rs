@@ -153,7 +153,7 @@ fn non_empty_array(v: Option<&Value>) -> bool {
 }
 
 /// Field validation of the kinds with rules worth modelling.
-fn validate(kind: Kind, obj: &Value) -> Vec<Cause> {
+fn validate(kind: Kind, obj: &Value, version: KubeVersion) -> Vec<Cause> {
     let mut causes = Vec::new();
     let spec = obj.get("spec");
     match kind {
@@ -212,13 +212,47 @@ fn validate(kind: Kind, obj: &Value) -> Vec<Cause> {
         Kind::StorageClass if util::path_str(obj, &["provisioner"]).is_none() => {
             causes.push(Cause::required("provisioner", ""));
         }
+        Kind::Event => causes.extend(validate_event_namespace(obj, version)),
         _ => {}
     }
     causes
 }
 
-fn validate_update(kind: Kind, old: &Value, new: &Value) -> Vec<Cause> {
+/// Where an `events.k8s.io/v1` Event may live (trace: `tests/fixtures/events-cluster-scoped.json`).
+/// An Event about a namespaced object must be in that object's namespace. One about a
+/// cluster-scoped object (a PV): v1.33 takes `default` or `kube-system`, v1.19 only
+/// `kube-system` (it answers 422 for `default`).
+fn validate_event_namespace(obj: &Value, version: KubeVersion) -> Option<Cause> {
+    let event_ns = meta_str(obj, "namespace").unwrap_or_default();
+    let regarding_ns = util::path_str(obj, &["regarding", "namespace"]).unwrap_or_default();
+    let allowed = if regarding_ns.is_empty() {
+        match version {
+            KubeVersion::V1_19 => event_ns == "kube-system",
+            KubeVersion::V1_33 => event_ns == "kube-system" || event_ns == "default",
+        }
+    } else {
+        regarding_ns == event_ns
+    };
+    (!allowed).then(|| {
+        Cause::invalid(
+            "involvedObject.namespace",
+            regarding_ns,
+            "does not match event.namespace",
+        )
+    })
+}
+
+fn validate_update(kind: Kind, old: &Value, new: &Value, version: KubeVersion) -> Vec<Cause> {
     let mut causes = Vec::new();
+    // v1.33 refuses to change an Event's note; v1.19 takes it
+    // (trace: tests/fixtures/events-cluster-scoped.json, `note_update`).
+    if kind == Kind::Event && version == KubeVersion::V1_33 {
+        let note = |v: &Value| v.get("note").cloned().unwrap_or(Value::Null);
+        if note(old) != note(new) {
+            let value = new.get("note").and_then(Value::as_str).unwrap_or_default();
+            causes.push(Cause::invalid("message", value, "field is immutable"));
+        }
+    }
     if kind == Kind::PersistentVolumeClaim {
         // spec is immutable except resources.requests and a first volumeName
         let strip = |v: &Value, allow_volume_name: bool| {
@@ -625,7 +659,7 @@ impl Store {
             m.insert("creationTimestamp".into(), json!(util::now_rfc3339()));
         }
         self.admit_create(kind, &mut obj);
-        let causes = validate(kind, &obj);
+        let causes = validate(kind, &obj, self.version);
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind, &name, causes));
         }
@@ -749,8 +783,8 @@ impl Store {
                 ));
             }
         }
-        let mut causes = validate(kind, &new);
-        causes.extend(validate_update(kind, &old, &new));
+        let mut causes = validate(kind, &new, self.version);
+        causes.extend(validate_update(kind, &old, &new, self.version));
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind, name, causes));
         }

@@ -5,8 +5,8 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, PostParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource};
 use tracing::warn;
 
@@ -20,17 +20,46 @@ pub const REASON_VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
 /// A directory left in place because another PV still uses it.
 pub const REASON_DIRECTORY_SHARED: &str = "VolumeDirectoryShared";
 
-/// Warnings go through kube's `Recorder`, which folds repeats of the same event (a claim
-/// failing again and again) into one Event with a growing series count; to do so it keeps
-/// every event it wrote for six minutes. One-off success events are written directly
-/// ([`EventPublisher::success_on_claim`]), so a burst of thousands of claims does not grow
-/// that cache.
+/// Namespace of Events about cluster-scoped objects (PVs). v1.19 accepts such an Event only in
+/// `kube-system` (422 "involvedObject.namespace: does not match event.namespace" in `default`),
+/// v1.33 in `default` or `kube-system`; `kubectl describe pv` finds it in either.
+pub const CLUSTER_SCOPED_EVENT_NAMESPACE: &str = "kube-system";
+
+/// How long a written warning is remembered to fold repeats into its series (as client-go
+/// and kube's recorder do).
+const SERIES_TTL: std::time::Duration = std::time::Duration::from_secs(6 * 60);
+
+/// What makes two warnings "the same" for folding. Unlike kube's recorder the note is part
+/// of it: v1.33 refuses to change an Event's note (422 "message: field is immutable"), so a
+/// different note is a new Event, and the series patch changes only `series`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    warning: bool,
+    reason: String,
+    note: String,
+    regarding_uid: String,
+    regarding_name: String,
+    regarding_namespace: String,
+}
+
+struct Series {
+    namespace: String,
+    name: String,
+    count: i32,
+    last: std::time::Instant,
+}
+
+/// Writes Events. Hand-written instead of kube's `Recorder`, which puts Events about
+/// cluster-scoped objects in `default`, a namespace v1.19 refuses them in. Warnings fold
+/// repeats (a claim failing again and again) into one Event with a growing series count, as
+/// client-go does; one-off success events skip that cache, so a burst of thousands of claims
+/// does not grow it.
 #[derive(Clone)]
 pub struct EventPublisher {
-    recorder: Recorder,
     client: Client,
     reporter: Reporter,
     metrics: Metrics,
+    series: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<SeriesKey, Series>>>,
 }
 
 impl EventPublisher {
@@ -40,10 +69,10 @@ impl EventPublisher {
             instance: Some(identity.to_string()),
         };
         Self {
-            recorder: Recorder::new(client.clone(), reporter.clone()),
             client,
             reporter,
             metrics,
+            series: Default::default(),
         }
     }
 
@@ -57,19 +86,96 @@ impl EventPublisher {
     }
 
     /// A Normal `ProvisioningSucceeded`-style event that happens once per object: written
-    /// directly, without the recorder's cache. Events are for people; failing to write one
+    /// directly, without the series cache. Events are for people; failing to write one
     /// never fails the operation.
     pub async fn success_on_claim(&self, claim: &Claim, reason: &str, note: String) {
         let reference = claim.object_ref(&());
+        let event = self.event(&reference, "Normal", reason, note);
+        if let Err(e) = self.create(&event).await {
+            self.failed(&reference, reason, &e);
+        }
+    }
+
+    /// Events are for people; failing to write one never fails the operation.
+    async fn publish(
+        &self,
+        reference: ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        let warning = matches!(type_, EventType::Warning);
+        let note = truncate(note, 1024);
+        let key = SeriesKey {
+            warning,
+            reason: reason.to_string(),
+            note: note.clone(),
+            regarding_uid: reference.uid.clone().unwrap_or_default(),
+            regarding_name: reference.name.clone().unwrap_or_default(),
+            regarding_namespace: reference.namespace.clone().unwrap_or_default(),
+        };
+        let repeat = {
+            let mut series = self.series.lock().expect("event series lock");
+            series.retain(|_, s| s.last.elapsed() < SERIES_TTL);
+            series.get_mut(&key).map(|s| {
+                s.count += 1;
+                s.last = std::time::Instant::now();
+                (s.namespace.clone(), s.name.clone(), s.count)
+            })
+        };
+        let result = match repeat {
+            Some((namespace, name, count)) => {
+                let patch = serde_json::json!({
+                    "series": {"count": count, "lastObservedTime": MicroTime(Timestamp::now())},
+                });
+                Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map(|_| ())
+            }
+            None => {
+                let type_ = if warning { "Warning" } else { "Normal" };
+                let event = self.event(&reference, type_, reason, note);
+                let created = self.create(&event).await;
+                if created.is_ok() {
+                    self.series.lock().expect("event series lock").insert(
+                        key,
+                        Series {
+                            namespace: event.metadata.namespace.clone().unwrap_or_default(),
+                            name: event.metadata.name.clone().unwrap_or_default(),
+                            count: 1,
+                            last: std::time::Instant::now(),
+                        },
+                    );
+                }
+                created
+            }
+        };
+        if let Err(e) = result {
+            self.failed(&reference, reason, &e);
+        }
+    }
+
+    fn event(
+        &self,
+        reference: &ObjectReference,
+        type_: &str,
+        reason: &str,
+        note: String,
+    ) -> K8sEvent {
         let now = Timestamp::now();
         let controller = &self.reporter.controller;
-        let event = K8sEvent {
-            action: Some("Provision".to_string()),
+        let action = match reason {
+            REASON_VOLUME_FAILED_DELETE | REASON_DIRECTORY_SHARED => "Delete",
+            _ => "Provision",
+        };
+        K8sEvent {
+            action: Some(action.to_string()),
             reason: Some(reason.to_string()),
             event_time: Some(MicroTime(now)),
             note: Some(truncate(note, 1024)),
             metadata: ObjectMeta {
-                namespace: reference.namespace.clone(),
+                namespace: Some(event_namespace(reference).to_string()),
                 name: Some(format!(
                     "{}.{:x}",
                     reference.name.as_ref().unwrap_or(controller),
@@ -84,43 +190,31 @@ impl EventPublisher {
                     .clone()
                     .unwrap_or_else(|| controller.clone()),
             ),
-            type_: Some("Normal".to_string()),
+            type_: Some(type_.to_string()),
             regarding: Some(reference.clone()),
             ..Default::default()
-        };
-        let api: Api<K8sEvent> = Api::namespaced(
-            self.client.clone(),
-            reference.namespace.as_deref().unwrap_or("default"),
-        );
-        if let Err(e) = api.create(&PostParams::default(), &event).await {
-            self.metrics.events_failed.inc();
-            warn!(object = ?reference.name, reason, error = %e, "could not write event");
         }
     }
 
-    /// Events are for people; failing to write one never fails the operation.
-    async fn publish(
-        &self,
-        reference: ObjectReference,
-        type_: EventType,
-        reason: &str,
-        note: String,
-    ) {
-        let action = match reason {
-            REASON_VOLUME_FAILED_DELETE | REASON_DIRECTORY_SHARED => "Delete",
-            _ => "Provision",
-        };
-        let event = Event {
-            type_,
-            reason: reason.to_string(),
-            note: Some(truncate(note, 1024)),
-            action: action.to_string(),
-            secondary: None,
-        };
-        if let Err(e) = self.recorder.publish(&event, &reference).await {
-            self.metrics.events_failed.inc();
-            warn!(object = ?reference.name, reason, error = %e, "could not write event");
-        }
+    async fn create(&self, event: &K8sEvent) -> Result<(), kube::Error> {
+        let namespace = event.metadata.namespace.as_deref().unwrap_or_default();
+        Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), event)
+            .await
+            .map(|_| ())
+    }
+
+    fn failed(&self, reference: &ObjectReference, reason: &str, e: &kube::Error) {
+        self.metrics.events_failed.inc();
+        warn!(object = ?reference.name, reason, error = %e, "could not write event");
+    }
+}
+
+/// The Event's namespace: the object's own, or [`CLUSTER_SCOPED_EVENT_NAMESPACE`].
+pub fn event_namespace(reference: &ObjectReference) -> &str {
+    match reference.namespace.as_deref() {
+        Some(ns) if !ns.is_empty() => ns,
+        _ => CLUSTER_SCOPED_EVENT_NAMESPACE,
     }
 }
 

@@ -45,6 +45,18 @@ fn random_suffix() -> String {
         .unwrap_or_else(|_| format!("{:08x}", std::process::id()))
 }
 
+/// The control plane version the fake imitates in the shared scenarios: v1.19 unless
+/// `E2E_FAKE_VERSION=1.33`. The older one is the default because it is the stricter where
+/// they differ (Events about PVs only in `kube-system`, only the beta provisioner
+/// annotation); the real v1.33 control plane in CI covers the newer one.
+pub fn fake_version() -> fake_apiserver::KubeVersion {
+    match std::env::var("E2E_FAKE_VERSION").as_deref() {
+        Ok("1.33") => fake_apiserver::KubeVersion::V1_33,
+        Ok("1.19") | Ok("") | Err(_) => fake_apiserver::KubeVersion::V1_19,
+        Ok(other) => panic!("E2E_FAKE_VERSION must be 1.19 or 1.33, not {other:?}"),
+    }
+}
+
 /// The real cluster's kubeconfig, when the scenarios should run against one.
 pub fn real_cluster_kubeconfig() -> Option<String> {
     std::env::var("E2E_KUBECONFIG")
@@ -64,7 +76,13 @@ impl TestCluster {
         });
         match real_cluster_kubeconfig() {
             Some(path) => Self::real(test, &path).await,
-            None => Self::fake(Options::default()).await,
+            None => {
+                Self::fake(Options {
+                    kube_version: fake_version(),
+                    ..Options::default()
+                })
+                .await
+            }
         }
     }
 
@@ -374,16 +392,51 @@ impl TestCluster {
         .await
     }
 
-    /// PV events are recorded in `default`, as for every cluster-scoped object.
+    /// Waits for an event with `reason` about the PV and returns its note. Looks where
+    /// `kubectl describe pv` looks: every namespace (the provisioner writes them to
+    /// `kube-system`, the only namespace v1.19 accepts). On a real cluster it also reads them
+    /// as `kubectl describe pv` does, through core/v1 with its field selector.
     pub async fn wait_volume_event(&self, pv: &str, reason: &str) -> String {
-        self.eventually(&format!("event {reason} on PV {pv}"), || async {
-            self.events_about("default", pv)
+        let note = self
+            .eventually(&format!("event {reason} on PV {pv}"), || async {
+                Api::<Event>::all(self.client.clone())
+                    .list(&ListParams::default())
+                    .await
+                    .map(|l| l.items)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pv))
+                    .find(|e| e.reason.as_deref() == Some(reason))
+                    .map(|e| e.note.unwrap_or_default())
+            })
+            .await;
+        if self.fake.is_none() {
+            let uid = self
+                .volumes()
+                .get_opt(pv)
                 .await
-                .into_iter()
-                .find(|e| e.reason.as_deref() == Some(reason))
-                .map(|e| e.note.unwrap_or_default())
-        })
-        .await
+                .ok()
+                .flatten()
+                .and_then(|v| v.metadata.uid);
+            let mut selector = format!(
+                "involvedObject.name={pv},involvedObject.namespace=,involvedObject.kind=PersistentVolume"
+            );
+            if let Some(uid) = uid {
+                selector.push_str(&format!(",involvedObject.uid={uid}"));
+            }
+            let described = Api::<k8s_openapi::api::core::v1::Event>::all(self.client.clone())
+                .list(&ListParams::default().fields(&selector))
+                .await
+                .expect("list core/v1 events as kubectl describe does");
+            assert!(
+                described
+                    .items
+                    .iter()
+                    .any(|e| e.reason.as_deref() == Some(reason)),
+                "kubectl describe pv {pv} would not show the {reason} event"
+            );
+        }
+        note
     }
 
     /// Removes what the scenario created in a real cluster (the fake just goes away).

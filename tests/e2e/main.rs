@@ -7,4 +7,5 @@ mod leadership;
 mod operations;
 mod provisioner;
 mod rbac;
+mod real_cluster;
 mod scenarios;

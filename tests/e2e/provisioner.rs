@@ -179,6 +179,12 @@ impl RunningProvisioner {
         }
     }
 
+    /// The instance still runs: it neither returned nor panicked.
+    #[allow(dead_code)]
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
     #[allow(dead_code)]
     pub fn is_leading(&self) -> bool {
         *self.observers.leading.borrow()
