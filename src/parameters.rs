@@ -502,6 +502,8 @@ pub fn parse_id(source: SettingSource, key: &str, value: &str) -> Result<u32, Pa
 /// 3. PVC annotations `k8s-sigs.io/nfs-directory-mode|uid|gid`.
 ///
 /// All three levels use the same validation; a bad annotation is an error naming it.
+/// Template parents created for a claim take levels 1 and 2 only
+/// ([`DirectoryPermissions::resolve_parents`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirectoryPermissions {
     pub mode: u32,
@@ -537,23 +539,15 @@ impl DirectoryPermissions {
         })
     }
 
-    /// Merges defaults < class parameters < claim annotations (see the type docs).
+    /// Merges defaults < class parameters < claim annotations (see the type docs): the
+    /// permissions of a claim's own volume directory.
     pub fn resolve(
         defaults: &DirectoryPermissions,
         class: &ClassParameters,
         claim_annotations: &BTreeMap<String, String>,
     ) -> Result<Self, ParameterError> {
         let claim = SettingSource::ClaimAnnotation;
-        let mut perms = *defaults;
-        if let Some(mode) = class.directory_mode {
-            perms.mode = mode;
-        }
-        if let Some(uid) = class.directory_uid {
-            perms.uid = Some(uid);
-        }
-        if let Some(gid) = class.directory_gid {
-            perms.gid = Some(gid);
-        }
+        let mut perms = Self::resolve_parents(defaults, class);
         if let Some(v) = claim_annotations.get(ANNOTATION_DIRECTORY_MODE) {
             perms.mode = parse_mode(claim, ANNOTATION_DIRECTORY_MODE, v)?;
         }
@@ -564,6 +558,23 @@ impl DirectoryPermissions {
             perms.gid = Some(parse_id(claim, ANNOTATION_DIRECTORY_GID, v)?);
         }
         Ok(perms)
+    }
+
+    /// Merges defaults < class parameters, never claim annotations: the permissions of
+    /// template parents the provisioner creates (`tier/` in `${.PVC.labels.tier}/...`).
+    /// A parent is shared with other claims, so no single claim may choose its mode or owner.
+    pub fn resolve_parents(defaults: &DirectoryPermissions, class: &ClassParameters) -> Self {
+        let mut perms = *defaults;
+        if let Some(mode) = class.directory_mode {
+            perms.mode = mode;
+        }
+        if let Some(uid) = class.directory_uid {
+            perms.uid = Some(uid);
+        }
+        if let Some(gid) = class.directory_gid {
+            perms.gid = Some(gid);
+        }
+        perms
     }
 }
 
@@ -883,6 +894,44 @@ mod tests {
                 uid: Some(10),
                 gid: Some(20)
             }
+        );
+    }
+
+    #[test]
+    fn claim_annotations_never_reach_parent_permissions() {
+        let defaults = DirectoryPermissions {
+            mode: 0o777,
+            uid: Some(1),
+            gid: Some(2),
+        };
+        let class = parse(&[("directoryMode", "0755"), ("directoryGid", "30")]).unwrap();
+        let ann = params(&[
+            ("k8s-sigs.io/nfs-directory-mode", "0700"),
+            ("k8s-sigs.io/nfs-directory-uid", "40"),
+            ("k8s-sigs.io/nfs-directory-gid", "50"),
+        ]);
+        let parents = DirectoryPermissions::resolve_parents(&defaults, &class);
+        assert_eq!(
+            parents,
+            DirectoryPermissions {
+                mode: 0o755,
+                uid: Some(1),
+                gid: Some(30)
+            }
+        );
+        // The claim's own directory still follows its annotations.
+        assert_eq!(
+            DirectoryPermissions::resolve(&defaults, &class, &ann).unwrap(),
+            DirectoryPermissions {
+                mode: 0o700,
+                uid: Some(40),
+                gid: Some(50)
+            }
+        );
+        let no_class = parse(&[]).unwrap();
+        assert_eq!(
+            DirectoryPermissions::resolve_parents(&defaults, &no_class),
+            defaults
         );
     }
 

@@ -14,6 +14,7 @@
 //! used so that a stuck thread never blocks runtime shutdown.
 
 mod confined;
+mod removal;
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
@@ -131,6 +132,9 @@ const ABANDONED: u8 = 2;
 pub(crate) struct OpContext {
     state: Arc<AtomicU8>,
     hook: Option<FaultHook>,
+    /// When work that can stop midway (tree removal) should stop and report progress, well
+    /// before the caller's deadline.
+    slice_end: Option<Instant>,
 }
 
 impl OpContext {
@@ -141,6 +145,11 @@ impl OpContext {
         } else {
             Ok(())
         }
+    }
+
+    /// True once the slice's time is up (never for a context without a slice end).
+    pub(crate) fn slice_over(&self) -> bool {
+        self.slice_end.is_some_and(|end| Instant::now() >= end)
     }
 
     pub(crate) fn fault_point(&self, op: &str, path: &str) {
@@ -154,6 +163,15 @@ impl OpContext {
         OpContext {
             state: Arc::new(AtomicU8::new(RUNNING)),
             hook: None,
+            slice_end: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_slice_end(end: Instant) -> Self {
+        OpContext {
+            slice_end: Some(end),
+            ..Self::detached()
         }
     }
 }
@@ -350,51 +368,84 @@ impl NfsRoot {
         self.inner.stuck.load(Ordering::Acquire)
     }
 
-    /// Creates `dir` and missing parents beneath the root. Only directories created here get
-    /// `perms` (mode set explicitly with fchmod, so umask does not matter; owner with fchown
-    /// when uid/gid are set). An existing directory is never chmod/chown'ed.
+    /// Creates `dir` and missing parents beneath the root. Only directories created here are
+    /// chmod/chown'ed: `dir` itself gets `perms`, created parents get `parent_perms` (mode
+    /// set explicitly with fchmod, so umask does not matter; owner with fchown when uid/gid
+    /// are set). An existing directory is never chmod/chown'ed.
     pub async fn create_volume_dir(
         &self,
         dir: &VolumeDirectory,
         perms: &DirectoryPermissions,
+        parent_perms: &DirectoryPermissions,
         cancel: &CancellationToken,
     ) -> Result<CreateOutcome, StorageError> {
-        let (dir2, perms) = (dir.clone(), *perms);
+        let (dir2, perms, parent_perms) = (dir.clone(), *perms, *parent_perms);
         self.run("create", dir, cancel, move |inner, ctx| {
-            confined::create(inner.root.as_fd(), &dir2, &perms, ctx)
+            confined::create(inner.root.as_fd(), &dir2, &perms, &parent_perms, ctx)
         })
         .await
     }
 
     /// Removes the volume directory tree (no symlink followed, no mount point crossed, never
-    /// the root), then its empty parents up to (not including) the root. Already gone is
+    /// the root), then its empty parents up to (not including) the root, stopping at any
+    /// directory in `keep` (other volumes' directories, which may be empty). Already gone is
     /// success (logged). A symlink or non-directory in place of the volume directory is an
-    /// [`StorageError::Unsafe`] error and is left untouched. Resumable: if the deadline hits
-    /// midway, the next call continues.
+    /// [`StorageError::Unsafe`] error and is left untouched.
+    ///
+    /// Huge trees: the work runs in slices, each a separate operation with its own deadline
+    /// ([`StorageOptions::op_timeout`]) that stops cleanly at half of it and reports
+    /// progress; this call starts the next slice until the tree is gone. So a delete of
+    /// millions of entries takes as long as it takes but never fails as "not responding"
+    /// while the server keeps answering; only a slice that makes no progress within the
+    /// deadline does. Memory stays bounded (directories are streamed, never listed whole).
+    /// Cancellation is honoured between slices and at every entry. Resumable: after an
+    /// error, the next call continues.
     pub async fn delete_volume_dir(
         &self,
         dir: &VolumeDirectory,
+        keep: Vec<VolumeDirectory>,
         cancel: &CancellationToken,
     ) -> Result<RemoveOutcome, StorageError> {
-        let dir2 = dir.clone();
-        self.run("delete", dir, cancel, move |inner, ctx| {
-            confined::delete(inner.root.as_fd(), inner.root_dev, &dir2, ctx)
-        })
-        .await
+        let keep = Arc::new(keep);
+        let mut removed = 0u64;
+        loop {
+            let (dir2, keep2) = (dir.clone(), keep.clone());
+            let step = self
+                .run("delete", dir, cancel, move |inner, ctx| {
+                    confined::delete(inner.root.as_fd(), inner.root_dev, &dir2, &keep2, ctx)
+                })
+                .await?;
+            match step {
+                confined::DeleteStep::Finished(outcome) => return Ok(outcome),
+                confined::DeleteStep::InProgress { removed: slice } => {
+                    removed += slice;
+                    tracing::debug!(dir = %dir, removed, "deleting a large volume directory");
+                }
+            }
+        }
     }
 
     /// Renames the volume directory to `archive`, or to `archive` with a `.N` / time-stamp
-    /// suffix if that exists; never replaces an existing entry. Then removes empty parents.
+    /// suffix if that exists; never replaces an existing entry. Then removes empty parents,
+    /// stopping at any directory in `keep` (other volumes' directories).
     /// The archive's parent must exist (planning puts archives at the root).
     pub async fn archive_volume_dir(
         &self,
         dir: &VolumeDirectory,
         archive: &VolumeDirectory,
+        keep: Vec<VolumeDirectory>,
         cancel: &CancellationToken,
     ) -> Result<ArchiveOutcome, StorageError> {
         let (dir2, archive2) = (dir.clone(), archive.clone());
         self.run("archive", dir, cancel, move |inner, ctx| {
-            confined::archive(inner.root.as_fd(), inner.root_dev, &dir2, &archive2, ctx)
+            confined::archive(
+                inner.root.as_fd(),
+                inner.root_dev,
+                &dir2,
+                &archive2,
+                &keep,
+                ctx,
+            )
         })
         .await
     }
@@ -474,6 +525,8 @@ impl NfsRoot {
         let ctx = OpContext {
             state: state.clone(),
             hook: inner.hook.clone(),
+            // Half the deadline leaves the other half for the last system call in flight.
+            slice_end: Some(Instant::now() + timeout / 2),
         };
         let exit = WorkerExit {
             inner: inner.clone(),
