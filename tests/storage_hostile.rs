@@ -959,3 +959,156 @@ async fn archive_without_keep_removes_the_empty_parent() {
         .unwrap();
     assert!(!world.in_root("ns").exists());
 }
+
+// ---- orphan journal ---------------------------------------------------------------------
+
+const UID_A: &str = "4f0c5a36-1d2b-4c4e-9d59-6b1c7f0e2a11";
+const UID_B: &str = "0b1c2d3e-0000-4000-8000-000000000001";
+const JOURNAL: &str = ".nfs-provisioner-journal";
+
+#[tokio::test]
+async fn journal_records_lists_and_removes() {
+    let world = World::new();
+    let root = open(&world).await;
+    assert_eq!(root.journal_entries(&never()).await.unwrap(), Vec::new());
+    let before = world.snapshot();
+    root.journal_record(UID_A, &dir("ns/a"), &never())
+        .await
+        .unwrap();
+    root.journal_record(UID_B, &dir("b"), &never())
+        .await
+        .unwrap();
+    // Same key again: replaced, not duplicated.
+    root.journal_record(UID_A, &dir("ns/a2"), &never())
+        .await
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let journal = world.in_root(JOURNAL);
+    assert_eq!(fs::metadata(&journal).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(fs::read(journal.join(UID_A)).unwrap(), b"ns/a2");
+    assert_eq!(
+        fs::read_dir(&journal).unwrap().count(),
+        2,
+        "no temp files left"
+    );
+    assert_eq!(
+        root.journal_entries(&never()).await.unwrap(),
+        vec![
+            (UID_B.to_string(), dir("b")),
+            (UID_A.to_string(), dir("ns/a2"))
+        ]
+    );
+    root.journal_remove(UID_A, &never()).await.unwrap();
+    root.journal_remove(UID_A, &never()).await.unwrap();
+    assert_eq!(
+        root.journal_entries(&never()).await.unwrap(),
+        vec![(UID_B.to_string(), dir("b"))]
+    );
+    before.assert_only_volume_changed(&world.snapshot(), Some(JOURNAL));
+}
+
+#[tokio::test]
+async fn journal_refuses_keys_that_are_not_uids() {
+    let world = World::new();
+    let root = open(&world).await;
+    let before = world.snapshot();
+    let long = "a".repeat(65);
+    for bad in [
+        "",
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "/etc",
+        ".tmp-x",
+        "a b",
+        "a_b",
+        "ü",
+        "a\0b",
+        long.as_str(),
+    ] {
+        let err = root
+            .journal_record(bad, &dir("vol"), &never())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Unsafe { .. }), "{bad:?}: {err}");
+        assert!(root.journal_remove(bad, &never()).await.is_err(), "{bad:?}");
+    }
+    root.journal_record(&"a".repeat(64), &dir("vol"), &never())
+        .await
+        .unwrap();
+    before.assert_only_volume_changed(&world.snapshot(), Some(JOURNAL));
+    assert_eq!(fs::read_dir(world.in_root(JOURNAL)).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn journal_dir_replaced_by_symlink_is_not_followed() {
+    let world = World::new();
+    world.plant_symlink(JOURNAL, &world.outside);
+    let root = open(&world).await;
+    let before = world.snapshot();
+    let err = root
+        .journal_record(UID_A, &dir("vol"), &never())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Unsafe { .. }), "{err}");
+    assert!(root.journal_entries(&never()).await.is_err());
+    assert!(root.journal_remove(UID_A, &never()).await.is_err());
+    before.assert_unchanged(&world.snapshot());
+    assert!(!world.outside.join(UID_A).exists());
+}
+
+#[tokio::test]
+async fn journal_entries_planted_as_symlinks_or_junk_are_skipped_and_never_followed() {
+    let world = World::new();
+    let root = open(&world).await;
+    root.journal_record(UID_B, &dir("good"), &never())
+        .await
+        .unwrap();
+    let journal = world.in_root(JOURNAL);
+    // A symlink to a file outside holding a valid path, and one to a directory.
+    fs::write(world.outside.join("fake-entry"), b"victim").unwrap();
+    symlink(world.outside.join("fake-entry"), journal.join(UID_A)).unwrap();
+    symlink(&world.outside, journal.join("dir-link")).unwrap();
+    // A FIFO (must not hang the read), an oversized entry, junk content, a bad name.
+    nix::unistd::mkfifo(
+        &journal.join("fifo-0"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    fs::write(journal.join("big-1"), "a/".repeat(3000)).unwrap();
+    fs::write(journal.join("junk-2"), b"../../etc").unwrap();
+    fs::write(journal.join("reserved-3"), JOURNAL.as_bytes()).unwrap();
+    fs::write(journal.join("not a key"), b"vol").unwrap();
+    fs::create_dir(journal.join("subdir-4")).unwrap();
+    let before = world.snapshot();
+    assert_eq!(
+        root.journal_entries(&never()).await.unwrap(),
+        vec![(UID_B.to_string(), dir("good"))]
+    );
+    before.assert_unchanged(&world.snapshot());
+    // Removing or rewriting the planted key acts on the link itself, never its target.
+    root.journal_remove(UID_A, &never()).await.unwrap();
+    assert!(fs::symlink_metadata(journal.join(UID_A)).is_err());
+    symlink(world.outside.join("fake-entry"), journal.join(UID_A)).unwrap();
+    root.journal_record(UID_A, &dir("mine"), &never())
+        .await
+        .unwrap();
+    assert!(fs::symlink_metadata(journal.join(UID_A)).unwrap().is_file());
+    assert_eq!(
+        fs::read(world.outside.join("fake-entry")).unwrap(),
+        b"victim"
+    );
+    // A directory under an entry's name is refused, not removed.
+    assert!(root.journal_remove("subdir-4", &never()).await.is_err());
+    assert!(journal.join("subdir-4").is_dir());
+    let after = world.snapshot();
+    for path in after.entries.keys() {
+        assert!(
+            path.starts_with(Path::new("root").join(JOURNAL)) || before.entries.contains_key(path),
+            "{} appeared outside the journal",
+            path.display()
+        );
+    }
+    before.assert_only_volume_changed(&after, Some(JOURNAL));
+}

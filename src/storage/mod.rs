@@ -14,6 +14,7 @@
 //! used so that a stuck thread never blocks runtime shutdown.
 
 mod confined;
+mod journal;
 mod removal;
 
 use std::fmt;
@@ -29,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 pub use tokio_util::sync::CancellationToken;
 
 use crate::parameters::DirectoryPermissions;
-use crate::planning::VolumeDirectory;
+use crate::planning::{JOURNAL_DIRECTORY, VolumeDirectory};
 
 /// Tuning for [`NfsRoot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -459,6 +460,57 @@ impl NfsRoot {
         let dir2 = dir.clone();
         self.run("stat", dir, cancel, move |inner, _ctx| {
             confined::exists(inner.root.as_fd(), &dir2)
+        })
+        .await
+    }
+
+    /// Records in the orphan journal (`.nfs-provisioner-journal` beneath the root) that
+    /// `dir` was created for `key` (a Kubernetes UID: 1 to 64 of `[0-9a-zA-Z-]`, anything
+    /// else is refused). Atomic (temp file, fsync, rename) and replaces an earlier entry of
+    /// the same key. Creates the journal directory (mode 0700) if missing.
+    pub async fn journal_record(
+        &self,
+        key: &str,
+        dir: &VolumeDirectory,
+        cancel: &CancellationToken,
+    ) -> Result<(), StorageError> {
+        journal::check_key(key)?;
+        let (key, dir) = (key.to_owned(), dir.clone());
+        self.run_at(
+            "journal record",
+            JOURNAL_DIRECTORY,
+            cancel,
+            move |inner, ctx| journal::record(inner.root.as_fd(), &key, &dir, ctx),
+        )
+        .await
+    }
+
+    /// Removes the journal entry of `key`; already gone is success.
+    pub async fn journal_remove(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), StorageError> {
+        journal::check_key(key)?;
+        let key = key.to_owned();
+        self.run_at(
+            "journal remove",
+            JOURNAL_DIRECTORY,
+            cancel,
+            move |inner, ctx| journal::remove(inner.root.as_fd(), &key, ctx),
+        )
+        .await
+    }
+
+    /// Every journal entry as `(key, directory)`, sorted by key. Entries that are not
+    /// regular files, exceed 4 KiB or do not hold a valid volume directory are skipped
+    /// (logged). No journal yet: empty.
+    pub async fn journal_entries(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(String, VolumeDirectory)>, StorageError> {
+        self.run_at("journal list", JOURNAL_DIRECTORY, cancel, |inner, ctx| {
+            journal::entries(inner.root.as_fd(), ctx)
         })
         .await
     }
