@@ -12,6 +12,12 @@
 //! returns, so stuck threads are bounded; once that many are stuck, new operations fail
 //! fast with [`StorageError::Overloaded`]. Dedicated threads (not `spawn_blocking`) are
 //! used so that a stuck thread never blocks runtime shutdown.
+//!
+//! Work that can outlast any deadline (removing a tree of millions of entries) runs in
+//! slices: each slice is one such operation, stops cleanly at half its deadline once it has
+//! made progress, and the async method starts the next one (see
+//! [`NfsRoot::delete_volume_dir`]). So the deadline still detects a server that stops
+//! answering, without failing work that is merely large.
 
 mod confined;
 mod journal;
