@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::parameters::DirectoryPermissions;
+use crate::parameters::{DirectoryPermissions, GO_BOOL_ACCEPTED, go_bool};
 use crate::planning::ExportPath;
 
 /// Log line format.
@@ -391,12 +391,14 @@ fn random_suffix() -> String {
 }
 
 /// Booleans as Go's `strconv.ParseBool` reads them, so existing manifests keep working.
+/// Surrounding blanks in an environment value are tolerated, as before.
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {
-    match s.trim() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        other => Err(format!("{other:?} is not a boolean (use true or false)")),
-    }
+    go_bool(s.trim()).ok_or_else(|| {
+        format!(
+            "{:?} is not a boolean; accepted: {GO_BOOL_ACCEPTED}",
+            s.trim()
+        )
+    })
 }
 
 /// Durations such as `15s`, `500ms`, `2m`, `1h`, or a bare number of seconds.

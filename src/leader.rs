@@ -4,8 +4,9 @@
 //!   changed for `lease_duration` as measured on the candidate's own clock from when it first
 //!   saw that record (so clock skew between replicas does not matter).
 //! * The leader renews every `retry_period`. When it could not renew for `renew_deadline`
-//!   (shorter than `lease_duration`), it stops leading at once: the time between the two is
-//!   what keeps an old leader's work from overlapping a new leader's.
+//!   (shorter than `lease_duration`), counted from when its last successful renewal was
+//!   *sent*, it stops leading at once: the time between the two is what keeps an old
+//!   leader's work from overlapping a new leader's.
 //! * On shutdown the leader releases the Lease (empty holder, 1 s duration) so a successor
 //!   takes over within about a second.
 //!
@@ -33,6 +34,38 @@ struct ObservedRecord {
     renew_time: Option<MicroTime>,
     lease_duration: Duration,
     observed_at: Instant,
+}
+
+/// When a leader must stop: `renew_deadline` after the *send* time of its last successful
+/// renewal. The answer's arrival time must not count, or a slow answer would stretch
+/// leadership past the point where other replicas may already consider the Lease expired.
+#[derive(Clone, Copy, Debug)]
+struct RenewClock {
+    renew_deadline: Duration,
+    last_sent: Instant,
+}
+
+impl RenewClock {
+    /// Starts with the request that won the Lease, sent at `sent`.
+    fn new(renew_deadline: Duration, sent: Instant) -> Self {
+        RenewClock {
+            renew_deadline,
+            last_sent: sent,
+        }
+    }
+
+    /// Records a successful renewal whose request was sent at `sent`.
+    fn renewed(&mut self, sent: Instant) {
+        self.last_sent = self.last_sent.max(sent);
+    }
+
+    fn deadline(&self) -> Instant {
+        self.last_sent + self.renew_deadline
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        now >= self.deadline()
+    }
 }
 
 pub struct LeaseLock {
@@ -168,17 +201,20 @@ impl LeaseLock {
         let mut last_holder = String::new();
         'campaign: loop {
             // Follower: try every retry period.
-            loop {
+            let won_at = loop {
                 if stop.is_cancelled() {
                     break 'campaign;
                 }
+                // The round starts before its first request, so this is never later than
+                // the send time of the write that wins the Lease.
+                let sent = Instant::now();
                 match tokio::time::timeout(
                     retry.max(Duration::from_secs(1)),
                     self.try_acquire_or_renew(),
                 )
                 .await
                 {
-                    Ok(Ok(Attempt::Leading)) => break,
+                    Ok(Ok(Attempt::Leading)) => break sent,
                     Ok(Ok(Attempt::Follower { holder })) => {
                         if holder != last_holder {
                             info!(lease = %self.settings.lease_name, %holder, "another replica leads");
@@ -196,12 +232,12 @@ impl LeaseLock {
                     _ = stop.cancelled() => break 'campaign,
                     _ = tokio::time::sleep(retry) => {}
                 }
-            }
+            };
 
             info!(lease = %self.settings.lease_name, identity = %self.identity, "became leader");
             last_holder = self.identity.clone();
             let _ = leading.send(true);
-            let mut last_renew = Instant::now();
+            let mut clock = RenewClock::new(renew_deadline, won_at);
             // Leader: renew every retry period; give up once renewals failed for renew_deadline.
             loop {
                 tokio::select! {
@@ -216,11 +252,11 @@ impl LeaseLock {
                     }
                     _ = tokio::time::sleep(retry) => {}
                 }
-                let deadline = last_renew + renew_deadline;
-                let remaining = deadline.saturating_duration_since(Instant::now());
+                let remaining = clock.deadline().saturating_duration_since(Instant::now());
+                let sent = Instant::now();
                 let outcome = tokio::time::timeout(remaining, self.try_acquire_or_renew()).await;
                 match outcome {
-                    Ok(Ok(Attempt::Leading)) => last_renew = Instant::now(),
+                    Ok(Ok(Attempt::Leading)) => clock.renewed(sent),
                     Ok(Ok(Attempt::Follower { holder })) => {
                         warn!(lease = %self.settings.lease_name, %holder, "lost the lease to another replica");
                         let _ = leading.send(false);
@@ -229,7 +265,7 @@ impl LeaseLock {
                     Ok(Err(e)) => warn!(error = %e, "renewing the lease failed"),
                     Err(_) => {}
                 }
-                if Instant::now() >= deadline {
+                if clock.expired(Instant::now()) {
                     warn!(
                         lease = %self.settings.lease_name,
                         "could not renew the lease within the renew deadline; stopping all work"
@@ -240,5 +276,40 @@ impl LeaseLock {
             }
         }
         let _ = leading.send(false);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renew_deadline_counts_from_the_send_time_not_the_answer() {
+        let deadline = Duration::from_secs(10);
+        let t0 = Instant::now();
+        let mut clock = RenewClock::new(deadline, t0);
+        // A renewal sent at 2s whose answer only arrived at 9s: leadership lasts until 12s,
+        // not 19s.
+        clock.renewed(t0 + Duration::from_secs(2));
+        assert!(!clock.expired(t0 + Duration::from_secs(11)));
+        assert!(clock.expired(t0 + Duration::from_secs(12)));
+        assert!(clock.expired(t0 + Duration::from_secs(18)));
+        assert_eq!(clock.deadline(), t0 + Duration::from_secs(12));
+    }
+
+    #[test]
+    fn without_renewal_the_leader_stops_at_the_deadline_from_winning() {
+        let t0 = Instant::now();
+        let clock = RenewClock::new(Duration::from_secs(10), t0);
+        assert!(!clock.expired(t0 + Duration::from_millis(9_999)));
+        assert!(clock.expired(t0 + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn an_answer_to_an_older_request_never_moves_the_deadline_back() {
+        let t0 = Instant::now();
+        let mut clock = RenewClock::new(Duration::from_secs(10), t0 + Duration::from_secs(4));
+        clock.renewed(t0 + Duration::from_secs(1));
+        assert_eq!(clock.deadline(), t0 + Duration::from_secs(14));
     }
 }

@@ -5,13 +5,14 @@
 //! | key               | values                                   | meaning |
 //! |-------------------|------------------------------------------|---------|
 //! | `onDelete`        | `delete`, `retain`, `archive`            | what happens to the directory when the PV is deleted |
-//! | `archiveOnDelete` | `true`, `false`                          | upstream switch, consulted only when `onDelete` is absent |
+//! | `archiveOnDelete` | a Go boolean, see [`go_bool`]            | upstream switch, consulted only when `onDelete` is absent |
 //! | `pathPattern`     | template, see [`PathPattern`]            | directory layout beneath the root |
 //! | `directoryMode`   | octal, e.g. `0770` (max `01777`)         | mode of directories the provisioner creates |
 //! | `directoryUid`    | decimal uid                              | owner of directories the provisioner creates |
 //! | `directoryGid`    | decimal gid                              | group of directories the provisioner creates |
 //!
-//! Enum and boolean values are matched ASCII case-insensitively; numbers are strict.
+//! Enum values are matched ASCII case-insensitively; booleans are read exactly as Go's
+//! `strconv.ParseBool` reads them (upstream classes keep working); numbers are strict.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -48,7 +49,8 @@ pub const DEFAULT_DIRECTORY_MODE: u32 = 0o777;
 
 const ACCEPTED_MODE: &str = "an octal mode of permission bits 0000..=0777, optionally with the sticky bit (e.g. 0770, 1777); setuid/setgid are refused";
 const ACCEPTED_ID: &str = "a decimal id 0..=4294967294";
-const ACCEPTED_BOOL: &str = "true, false";
+/// Every spelling Go's `strconv.ParseBool` accepts, for messages.
+pub const GO_BOOL_ACCEPTED: &str = "1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False";
 const ACCEPTED_ON_DELETE: &str = "delete, retain, archive";
 const ACCEPTED_PATTERN: &str = "a path template of literal text and ${.PVC.namespace}, ${.PVC.name}, ${.PVC.uid}, ${.PVC.labels.<key>}, ${.PVC.annotations.<key>}, ${.PV.name}, with no '.' or '..' components";
 
@@ -447,21 +449,20 @@ impl ClassParameters {
     }
 }
 
-/// Strict boolean: `true` or `false`, ASCII case-insensitive.
-fn parse_bool(source: SettingSource, key: &str, value: &str) -> Result<bool, ParameterError> {
-    if value.eq_ignore_ascii_case("true") {
-        Ok(true)
-    } else if value.eq_ignore_ascii_case("false") {
-        Ok(false)
-    } else {
-        Err(ParameterError::invalid(
-            source,
-            key,
-            value,
-            "not a boolean",
-            ACCEPTED_BOOL,
-        ))
+/// A boolean exactly as Go's `strconv.ParseBool` reads it, nothing more: the one parser
+/// of booleans for class parameters and environment settings alike.
+pub fn go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
     }
+}
+
+fn parse_bool(source: SettingSource, key: &str, value: &str) -> Result<bool, ParameterError> {
+    go_bool(value).ok_or_else(|| {
+        ParameterError::invalid(source, key, value, "not a boolean", GO_BOOL_ACCEPTED)
+    })
 }
 
 /// Octal directory mode: permission bits plus optionally sticky; setuid/setgid refused.
@@ -501,6 +502,8 @@ pub fn parse_id(source: SettingSource, key: &str, value: &str) -> Result<u32, Pa
 /// 3. PVC annotations `k8s-sigs.io/nfs-directory-mode|uid|gid`.
 ///
 /// All three levels use the same validation; a bad annotation is an error naming it.
+/// Template parents created for a claim take levels 1 and 2 only
+/// ([`DirectoryPermissions::resolve_parents`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirectoryPermissions {
     pub mode: u32,
@@ -536,23 +539,15 @@ impl DirectoryPermissions {
         })
     }
 
-    /// Merges defaults < class parameters < claim annotations (see the type docs).
+    /// Merges defaults < class parameters < claim annotations (see the type docs): the
+    /// permissions of a claim's own volume directory.
     pub fn resolve(
         defaults: &DirectoryPermissions,
         class: &ClassParameters,
         claim_annotations: &BTreeMap<String, String>,
     ) -> Result<Self, ParameterError> {
         let claim = SettingSource::ClaimAnnotation;
-        let mut perms = *defaults;
-        if let Some(mode) = class.directory_mode {
-            perms.mode = mode;
-        }
-        if let Some(uid) = class.directory_uid {
-            perms.uid = Some(uid);
-        }
-        if let Some(gid) = class.directory_gid {
-            perms.gid = Some(gid);
-        }
+        let mut perms = Self::resolve_parents(defaults, class);
         if let Some(v) = claim_annotations.get(ANNOTATION_DIRECTORY_MODE) {
             perms.mode = parse_mode(claim, ANNOTATION_DIRECTORY_MODE, v)?;
         }
@@ -563,6 +558,23 @@ impl DirectoryPermissions {
             perms.gid = Some(parse_id(claim, ANNOTATION_DIRECTORY_GID, v)?);
         }
         Ok(perms)
+    }
+
+    /// Merges defaults < class parameters, never claim annotations: the permissions of
+    /// template parents the provisioner creates (`tier/` in `${.PVC.labels.tier}/...`).
+    /// A parent is shared with other claims, so no single claim may choose its mode or owner.
+    pub fn resolve_parents(defaults: &DirectoryPermissions, class: &ClassParameters) -> Self {
+        let mut perms = *defaults;
+        if let Some(mode) = class.directory_mode {
+            perms.mode = mode;
+        }
+        if let Some(uid) = class.directory_uid {
+            perms.uid = Some(uid);
+        }
+        if let Some(gid) = class.directory_gid {
+            perms.gid = Some(gid);
+        }
+        perms
     }
 }
 
@@ -634,24 +646,41 @@ mod tests {
             parse(&[("archiveOnDelete", "true")]).unwrap().on_delete,
             OnDelete::Archive
         );
-        assert_eq!(
-            parse(&[("archiveOnDelete", "FALSE")]).unwrap().on_delete,
-            OnDelete::Delete
-        );
-        assert_eq!(
-            parse(&[("archiveOnDelete", "True")]).unwrap().on_delete,
-            OnDelete::Archive
-        );
+    }
+
+    #[test]
+    fn archive_on_delete_accepts_every_go_boolean() {
+        for v in ["1", "t", "T", "TRUE", "true", "True"] {
+            assert_eq!(
+                parse(&[("archiveOnDelete", v)]).unwrap().on_delete,
+                OnDelete::Archive,
+                "{v}"
+            );
+        }
+        for v in ["0", "f", "F", "FALSE", "false", "False"] {
+            assert_eq!(
+                parse(&[("archiveOnDelete", v)]).unwrap().on_delete,
+                OnDelete::Delete,
+                "{v}"
+            );
+        }
     }
 
     #[test]
     fn archive_on_delete_invalid_values() {
-        for bad in ["", "yes", "no", "1", "0", "t", "falsey", " true"] {
+        for bad in [
+            "", "yes", "no", "y", "n", "on", "off", "tRuE", "fALSE", "TRue", "2", "01", "-1",
+            "falsey", " true", "true ", "\ttrue", "\u{0}",
+        ] {
             let err = parse(&[("archiveOnDelete", bad)]).unwrap_err();
             assert_eq!(err.key(), "archiveOnDelete");
+            assert_eq!(err.value(), bad);
             let msg = err.to_string();
             assert!(msg.contains("\"archiveOnDelete\""), "{msg}");
-            assert!(msg.contains("true, false"), "{msg}");
+            assert!(
+                msg.contains("accepted: 1, t, T, TRUE, true, True, 0, f, F, FALSE, false, False"),
+                "{msg}"
+            );
         }
     }
 
@@ -865,6 +894,44 @@ mod tests {
                 uid: Some(10),
                 gid: Some(20)
             }
+        );
+    }
+
+    #[test]
+    fn claim_annotations_never_reach_parent_permissions() {
+        let defaults = DirectoryPermissions {
+            mode: 0o777,
+            uid: Some(1),
+            gid: Some(2),
+        };
+        let class = parse(&[("directoryMode", "0755"), ("directoryGid", "30")]).unwrap();
+        let ann = params(&[
+            ("k8s-sigs.io/nfs-directory-mode", "0700"),
+            ("k8s-sigs.io/nfs-directory-uid", "40"),
+            ("k8s-sigs.io/nfs-directory-gid", "50"),
+        ]);
+        let parents = DirectoryPermissions::resolve_parents(&defaults, &class);
+        assert_eq!(
+            parents,
+            DirectoryPermissions {
+                mode: 0o755,
+                uid: Some(1),
+                gid: Some(30)
+            }
+        );
+        // The claim's own directory still follows its annotations.
+        assert_eq!(
+            DirectoryPermissions::resolve(&defaults, &class, &ann).unwrap(),
+            DirectoryPermissions {
+                mode: 0o700,
+                uid: Some(40),
+                gid: Some(50)
+            }
+        );
+        let no_class = parse(&[]).unwrap();
+        assert_eq!(
+            DirectoryPermissions::resolve_parents(&defaults, &no_class),
+            defaults
         );
     }
 

@@ -20,6 +20,10 @@ pub const ARCHIVE_PREFIX: &str = "archived-";
 /// Bytes kept free in a base archive name so storage can append a collision suffix.
 pub const ARCHIVE_SUFFIX_ROOM: usize = 24;
 
+/// Directory directly beneath the root reserved for the provisioner's orphan journal
+/// (see `crate::storage`); no volume or archive path may start with it.
+pub const JOURNAL_DIRECTORY: &str = ".nfs-provisioner-journal";
+
 /// The claim (and its PV name) a directory is planned for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeRequest {
@@ -103,6 +107,12 @@ impl VolumeDirectory {
         components: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, PlanError> {
         let joined = components.into_iter().collect::<Vec<_>>().join("/");
+        if joined.split('/').next() == Some(JOURNAL_DIRECTORY) {
+            return Err(PlanError::InvalidComponent {
+                component: JOURNAL_DIRECTORY.into(),
+                reason: "it is reserved for the provisioner's journal",
+            });
+        }
         if joined.is_empty() {
             return Err(PlanError::InvalidPath {
                 path: joined,
@@ -457,6 +467,44 @@ mod tests {
             labels: [("app".to_string(), "web".to_string())].into(),
             annotations: [("team".to_string(), "blue".to_string())].into(),
         }
+    }
+
+    #[test]
+    fn the_journal_directory_is_never_a_volume_or_in_one_path() {
+        for reserved in [
+            ".nfs-provisioner-journal",
+            ".nfs-provisioner-journal/x",
+            ".nfs-provisioner-journal/a/b",
+        ] {
+            let err = VolumeDirectory::parse(reserved).unwrap_err();
+            assert!(err.to_string().contains("reserved"), "{err}");
+        }
+        // Only the first component is reserved.
+        assert!(VolumeDirectory::parse("a/.nfs-provisioner-journal").is_ok());
+        assert!(VolumeDirectory::parse(".nfs-provisioner-journal-x").is_ok());
+
+        let mut req = request();
+        req.annotations
+            .insert("path".into(), ".nfs-provisioner-journal".into());
+        for pattern in [
+            "${.PVC.annotations.path}",
+            "${.PVC.annotations.path}/${.PVC.name}",
+        ] {
+            let err = plan_directory(&class(Some(pattern)), &req).unwrap_err();
+            assert!(err.to_string().contains("reserved"), "{pattern}: {err}");
+        }
+        let export = ExportPath::new("/exports").unwrap();
+        assert!(
+            export
+                .directory_of("/exports/.nfs-provisioner-journal/abc")
+                .is_err()
+        );
+        let base = VolumeDirectory::parse("archived-x").unwrap();
+        assert!(
+            archive_directory_with_suffix(&base, "1")
+                .as_str()
+                .starts_with("archived-")
+        );
     }
 
     #[test]

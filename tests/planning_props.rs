@@ -163,11 +163,11 @@ proptest! {
         rt.block_on(async {
             let root = NfsRoot::open(&world.root, StorageOptions::default()).await.unwrap();
             let never = CancellationToken::new();
-            root.create_volume_dir(&d, &DirectoryPermissions::default(), &never).await.unwrap();
+            root.create_volume_dir(&d, &DirectoryPermissions::default(), &DirectoryPermissions::default(), &never).await.unwrap();
             assert!(root.volume_dir_exists(&d, &never).await.unwrap());
             let after = world.snapshot();
             before.assert_only_volume_changed(&after, Some(d.as_str()));
-            root.delete_volume_dir(&d, &never).await.unwrap();
+            root.delete_volume_dir(&d, Vec::new(), &never).await.unwrap();
         });
         // Deleting removes the volume and the parents created for it, never the root.
         before.assert_unchanged(&world.snapshot());

@@ -72,7 +72,7 @@ async fn plan_and_create(
         Err(e) => Err(e.to_string()),
         Ok(d) => match open(world)
             .await
-            .create_volume_dir(&d, &perms(), &never())
+            .create_volume_dir(&d, &perms(), &perms(), &never())
             .await
         {
             Ok(_) => Ok(d),
@@ -411,7 +411,7 @@ async fn symlink_swapped_in_between_plan_and_create() {
     symlink(&world.outside, world.in_root("team-a")).unwrap();
     let err = open(&world)
         .await
-        .create_volume_dir(&d, &perms(), &never())
+        .create_volume_dir(&d, &perms(), &perms(), &never())
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path", "{err}");
@@ -447,7 +447,7 @@ async fn symlink_swapped_in_at_the_start_of_the_worker() {
     .unwrap();
     let outside_before = world.snapshot();
     let err = root
-        .create_volume_dir(&dir("team-a/data"), &perms(), &never())
+        .create_volume_dir(&dir("team-a/data"), &perms(), &perms(), &never())
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path", "{err}");
@@ -484,7 +484,10 @@ async fn directory_swapped_for_symlink_during_tree_delete() {
     .await
     .unwrap();
     let before = world.snapshot();
-    let out = root.delete_volume_dir(&dir("vol"), &never()).await.unwrap();
+    let out = root
+        .delete_volume_dir(&dir("vol"), Vec::new(), &never())
+        .await
+        .unwrap();
     assert_eq!(out, RemoveOutcome::Removed);
     assert!(swapped.load(Ordering::SeqCst));
     before.assert_only_volume_changed(&world.snapshot(), Some("vol"));
@@ -504,7 +507,7 @@ async fn delete_volume_dir_replaced_by_symlink() {
     let before = world.snapshot();
     let err = open(&world)
         .await
-        .delete_volume_dir(&dir("team-a/data"), &never())
+        .delete_volume_dir(&dir("team-a/data"), Vec::new(), &never())
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path");
@@ -522,7 +525,7 @@ async fn delete_with_parent_replaced_by_symlink() {
     let before = world.snapshot();
     let err = open(&world)
         .await
-        .delete_volume_dir(&dir("team-a/data"), &never())
+        .delete_volume_dir(&dir("team-a/data"), Vec::new(), &never())
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path");
@@ -536,7 +539,7 @@ async fn delete_volume_dir_replaced_by_file() {
     let before = world.snapshot();
     let err = open(&world)
         .await
-        .delete_volume_dir(&dir("vol"), &never())
+        .delete_volume_dir(&dir("vol"), Vec::new(), &never())
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path");
@@ -561,7 +564,7 @@ async fn delete_tree_with_links_to_outside() {
     let before = world.snapshot();
     let out = open(&world)
         .await
-        .delete_volume_dir(&dir("ns/vol"), &never())
+        .delete_volume_dir(&dir("ns/vol"), Vec::new(), &never())
         .await
         .unwrap();
     assert_eq!(out, RemoveOutcome::Removed);
@@ -580,7 +583,7 @@ async fn delete_keeps_non_empty_and_shared_parents() {
     fs::create_dir_all(world.in_root("ns/b")).unwrap();
     let before = world.snapshot();
     let root = open(&world).await;
-    root.delete_volume_dir(&dir("ns/a"), &never())
+    root.delete_volume_dir(&dir("ns/a"), Vec::new(), &never())
         .await
         .unwrap();
     before.assert_only_volume_changed(&world.snapshot(), Some("ns/a"));
@@ -593,7 +596,7 @@ async fn delete_already_gone_is_success() {
     let before = world.snapshot();
     let out = open(&world)
         .await
-        .delete_volume_dir(&dir("ns/never-created"), &never())
+        .delete_volume_dir(&dir("ns/never-created"), Vec::new(), &never())
         .await
         .unwrap();
     assert_eq!(out, RemoveOutcome::AlreadyGone);
@@ -607,7 +610,7 @@ async fn archive_volume_dir_replaced_by_symlink() {
     let before = world.snapshot();
     let err = open(&world)
         .await
-        .archive_volume_dir(&dir("vol"), &dir("archived-vol"), &never())
+        .archive_volume_dir(&dir("vol"), &dir("archived-vol"), Vec::new(), &never())
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path");
@@ -622,7 +625,12 @@ async fn archive_with_parent_replaced_by_symlink() {
     let before = world.snapshot();
     let err = open(&world)
         .await
-        .archive_volume_dir(&dir("team-a/data"), &dir("archived-x"), &never())
+        .archive_volume_dir(
+            &dir("team-a/data"),
+            &dir("archived-x"),
+            Vec::new(),
+            &never(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path");
@@ -641,7 +649,7 @@ async fn archive_onto_existing(existing: impl FnOnce(&World, &Path)) {
     let before = world.snapshot();
     let out = open(&world)
         .await
-        .archive_volume_dir(&vol, &base, &never())
+        .archive_volume_dir(&vol, &base, Vec::new(), &never())
         .await
         .unwrap();
     let ArchiveOutcome::Archived { to } = out else {
@@ -704,13 +712,16 @@ async fn archive_shared_layout_never_collides() {
         r.pv_name = format!("pvc-{uid}");
         let d = plan_directory(&pattern, &r).unwrap();
         assert_eq!(d.as_str(), "team-a/data");
-        root.create_volume_dir(&d, &perms(), &never())
+        root.create_volume_dir(&d, &perms(), &perms(), &never())
             .await
             .unwrap();
         fs::write(world.in_root("team-a/data/owner"), uid).unwrap();
         let base = archive_directory(&d, &r.namespace, &r.claim_name, &r.pv_name);
         let before = world.snapshot();
-        let out = root.archive_volume_dir(&d, &base, &never()).await.unwrap();
+        let out = root
+            .archive_volume_dir(&d, &base, Vec::new(), &never())
+            .await
+            .unwrap();
         assert_eq!(out, ArchiveOutcome::Archived { to: base.clone() });
         let after = world.snapshot();
         for (p, e) in &before.entries {
@@ -738,7 +749,7 @@ async fn existing_volume_dir_is_not_chmodded() {
     let before = world.snapshot();
     let out = open(&world)
         .await
-        .create_volume_dir(&dir("ns/vol"), &perms(), &never())
+        .create_volume_dir(&dir("ns/vol"), &perms(), &perms(), &never())
         .await
         .unwrap();
     assert_eq!(out, CreateOutcome::AlreadyExisted);
@@ -775,7 +786,7 @@ async fn escaping_archive_target_cannot_be_expressed_and_nested_target_is_refuse
     assert!(VolumeDirectory::parse("../outside/x").is_err());
     let err = open(&world)
         .await
-        .archive_volume_dir(&dir("vol"), &dir("vol/inside"), &never())
+        .archive_volume_dir(&dir("vol"), &dir("vol/inside"), Vec::new(), &never())
         .await
         .unwrap_err();
     assert_eq!(err.label(), "unsafe_path");
@@ -796,7 +807,7 @@ async fn mode_from_claim_annotation_is_applied_to_new_dirs_only() {
     let before = world.snapshot();
     open(&world)
         .await
-        .create_volume_dir(&d, &p, &never())
+        .create_volume_dir(&d, &p, &p, &never())
         .await
         .unwrap();
     before.assert_only_volume_changed(&world.snapshot(), Some(d.as_str()));
@@ -817,4 +828,287 @@ async fn volume_dir_exists_refuses_symlink() {
         .await
         .unwrap_err();
     assert!(matches!(err, StorageError::Unsafe { .. }), "{err}");
+}
+
+// ---- template parents and other volumes' directories ------------------------------------
+
+#[tokio::test]
+async fn claim_mode_never_reaches_created_template_parents() {
+    let world = World::new();
+    let mut r = request();
+    r.labels.insert("tier".into(), "gold".into());
+    r.annotations
+        .insert("k8s-sigs.io/nfs-directory-mode".into(), "0700".into());
+    let mut params = BTreeMap::new();
+    params.insert(
+        "pathPattern".to_string(),
+        "${.PVC.labels.tier}/${.PVC.name}".to_string(),
+    );
+    params.insert("directoryMode".to_string(), "0755".to_string());
+    let c = ClassParameters::parse(&params).unwrap();
+    let defaults = DirectoryPermissions::default();
+    let volume = DirectoryPermissions::resolve(&defaults, &c, &r.annotations).unwrap();
+    let parents = DirectoryPermissions::resolve_parents(&defaults, &c);
+    let d = plan_directory(&c, &r).unwrap();
+    assert_eq!(d.as_str(), "gold/data");
+    let before = world.snapshot();
+    open(&world)
+        .await
+        .create_volume_dir(&d, &volume, &parents, &never())
+        .await
+        .unwrap();
+    before.assert_only_volume_changed(&world.snapshot(), Some(d.as_str()));
+    use std::os::unix::fs::MetadataExt;
+    let mode = |p: &str| fs::metadata(world.in_root(p)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        mode("gold"),
+        0o755,
+        "the shared parent takes the class's mode"
+    );
+    assert_eq!(
+        mode("gold/data"),
+        0o700,
+        "the claim's own directory takes its annotation"
+    );
+}
+
+/// `ns` is another PV's directory (for example of a class with pattern `${.PVC.namespace}`)
+/// and it is empty; `ns/data` is the volume being removed.
+fn volume_inside_another_volume(world: &World) -> (VolumeDirectory, VolumeDirectory) {
+    fs::create_dir_all(world.in_root("ns/data/sub")).unwrap();
+    fs::write(world.in_root("ns/data/sub/f"), b"x").unwrap();
+    (dir("ns/data"), dir("ns"))
+}
+
+#[tokio::test]
+async fn delete_keeps_an_empty_parent_that_is_another_volume() {
+    let world = World::new();
+    let (vol, other) = volume_inside_another_volume(&world);
+    let root = open(&world).await;
+    let out = root
+        .delete_volume_dir(&vol, vec![other.clone()], &never())
+        .await
+        .unwrap();
+    assert_eq!(out, RemoveOutcome::Removed);
+    assert!(!world.in_root("ns/data").exists());
+    assert!(
+        world.in_root("ns").is_dir(),
+        "another volume's directory survives"
+    );
+    // Already gone: parent cleanup still stops there.
+    let out = root
+        .delete_volume_dir(&vol, vec![other], &never())
+        .await
+        .unwrap();
+    assert_eq!(out, RemoveOutcome::AlreadyGone);
+    assert!(world.in_root("ns").is_dir());
+}
+
+#[tokio::test]
+async fn delete_without_keep_removes_the_empty_parent() {
+    let world = World::new();
+    let (vol, _) = volume_inside_another_volume(&world);
+    let out = open(&world)
+        .await
+        .delete_volume_dir(&vol, Vec::new(), &never())
+        .await
+        .unwrap();
+    assert_eq!(out, RemoveOutcome::Removed);
+    assert!(!world.in_root("ns").exists());
+}
+
+#[tokio::test]
+async fn archive_keeps_an_empty_parent_that_is_another_volume() {
+    let world = World::new();
+    let (vol, other) = volume_inside_another_volume(&world);
+    let before = world.snapshot();
+    let out = open(&world)
+        .await
+        .archive_volume_dir(&vol, &dir("archived-data"), vec![other], &never())
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        ArchiveOutcome::Archived {
+            to: dir("archived-data")
+        }
+    );
+    assert!(
+        world.in_root("ns").is_dir(),
+        "another volume's directory survives"
+    );
+    assert_eq!(
+        fs::read(world.in_root("archived-data/sub/f")).unwrap(),
+        b"x"
+    );
+    let mut after = world.snapshot();
+    for moved in ["archived-data", "archived-data/sub", "archived-data/sub/f"] {
+        after.entries.remove(&Path::new("root").join(moved));
+    }
+    before.assert_only_volume_changed(&after, Some("ns/data"));
+}
+
+#[tokio::test]
+async fn archive_without_keep_removes_the_empty_parent() {
+    let world = World::new();
+    let (vol, _) = volume_inside_another_volume(&world);
+    open(&world)
+        .await
+        .archive_volume_dir(&vol, &dir("archived-data"), Vec::new(), &never())
+        .await
+        .unwrap();
+    assert!(!world.in_root("ns").exists());
+}
+
+// ---- orphan journal ---------------------------------------------------------------------
+
+const UID_A: &str = "4f0c5a36-1d2b-4c4e-9d59-6b1c7f0e2a11";
+const UID_B: &str = "0b1c2d3e-0000-4000-8000-000000000001";
+const JOURNAL: &str = ".nfs-provisioner-journal";
+
+#[tokio::test]
+async fn journal_records_lists_and_removes() {
+    let world = World::new();
+    let root = open(&world).await;
+    assert_eq!(root.journal_entries(&never()).await.unwrap(), Vec::new());
+    let before = world.snapshot();
+    root.journal_record(UID_A, &dir("ns/a"), &never())
+        .await
+        .unwrap();
+    root.journal_record(UID_B, &dir("b"), &never())
+        .await
+        .unwrap();
+    // Same key again: replaced, not duplicated.
+    root.journal_record(UID_A, &dir("ns/a2"), &never())
+        .await
+        .unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let journal = world.in_root(JOURNAL);
+    assert_eq!(fs::metadata(&journal).unwrap().mode() & 0o7777, 0o700);
+    assert_eq!(fs::read(journal.join(UID_A)).unwrap(), b"ns/a2");
+    assert_eq!(
+        fs::read_dir(&journal).unwrap().count(),
+        2,
+        "no temp files left"
+    );
+    assert_eq!(
+        root.journal_entries(&never()).await.unwrap(),
+        vec![
+            (UID_B.to_string(), dir("b")),
+            (UID_A.to_string(), dir("ns/a2"))
+        ]
+    );
+    root.journal_remove(UID_A, &never()).await.unwrap();
+    root.journal_remove(UID_A, &never()).await.unwrap();
+    assert_eq!(
+        root.journal_entries(&never()).await.unwrap(),
+        vec![(UID_B.to_string(), dir("b"))]
+    );
+    before.assert_only_volume_changed(&world.snapshot(), Some(JOURNAL));
+}
+
+#[tokio::test]
+async fn journal_refuses_keys_that_are_not_uids() {
+    let world = World::new();
+    let root = open(&world).await;
+    let before = world.snapshot();
+    let long = "a".repeat(65);
+    for bad in [
+        "",
+        ".",
+        "..",
+        "../x",
+        "a/b",
+        "/etc",
+        ".tmp-x",
+        "a b",
+        "a_b",
+        "ü",
+        "a\0b",
+        long.as_str(),
+    ] {
+        let err = root
+            .journal_record(bad, &dir("vol"), &never())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StorageError::Unsafe { .. }), "{bad:?}: {err}");
+        assert!(root.journal_remove(bad, &never()).await.is_err(), "{bad:?}");
+    }
+    root.journal_record(&"a".repeat(64), &dir("vol"), &never())
+        .await
+        .unwrap();
+    before.assert_only_volume_changed(&world.snapshot(), Some(JOURNAL));
+    assert_eq!(fs::read_dir(world.in_root(JOURNAL)).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn journal_dir_replaced_by_symlink_is_not_followed() {
+    let world = World::new();
+    world.plant_symlink(JOURNAL, &world.outside);
+    let root = open(&world).await;
+    let before = world.snapshot();
+    let err = root
+        .journal_record(UID_A, &dir("vol"), &never())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Unsafe { .. }), "{err}");
+    assert!(root.journal_entries(&never()).await.is_err());
+    assert!(root.journal_remove(UID_A, &never()).await.is_err());
+    before.assert_unchanged(&world.snapshot());
+    assert!(!world.outside.join(UID_A).exists());
+}
+
+#[tokio::test]
+async fn journal_entries_planted_as_symlinks_or_junk_are_skipped_and_never_followed() {
+    let world = World::new();
+    let root = open(&world).await;
+    root.journal_record(UID_B, &dir("good"), &never())
+        .await
+        .unwrap();
+    let journal = world.in_root(JOURNAL);
+    // A symlink to a file outside holding a valid path, and one to a directory.
+    fs::write(world.outside.join("fake-entry"), b"victim").unwrap();
+    symlink(world.outside.join("fake-entry"), journal.join(UID_A)).unwrap();
+    symlink(&world.outside, journal.join("dir-link")).unwrap();
+    // A FIFO (must not hang the read), an oversized entry, junk content, a bad name.
+    nix::unistd::mkfifo(
+        &journal.join("fifo-0"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    fs::write(journal.join("big-1"), "a/".repeat(3000)).unwrap();
+    fs::write(journal.join("junk-2"), b"../../etc").unwrap();
+    fs::write(journal.join("reserved-3"), JOURNAL.as_bytes()).unwrap();
+    fs::write(journal.join("not a key"), b"vol").unwrap();
+    fs::create_dir(journal.join("subdir-4")).unwrap();
+    let before = world.snapshot();
+    assert_eq!(
+        root.journal_entries(&never()).await.unwrap(),
+        vec![(UID_B.to_string(), dir("good"))]
+    );
+    before.assert_unchanged(&world.snapshot());
+    // Removing or rewriting the planted key acts on the link itself, never its target.
+    root.journal_remove(UID_A, &never()).await.unwrap();
+    assert!(fs::symlink_metadata(journal.join(UID_A)).is_err());
+    symlink(world.outside.join("fake-entry"), journal.join(UID_A)).unwrap();
+    root.journal_record(UID_A, &dir("mine"), &never())
+        .await
+        .unwrap();
+    assert!(fs::symlink_metadata(journal.join(UID_A)).unwrap().is_file());
+    assert_eq!(
+        fs::read(world.outside.join("fake-entry")).unwrap(),
+        b"victim"
+    );
+    // A directory under an entry's name is refused, not removed.
+    assert!(root.journal_remove("subdir-4", &never()).await.is_err());
+    assert!(journal.join("subdir-4").is_dir());
+    let after = world.snapshot();
+    for path in after.entries.keys() {
+        assert!(
+            path.starts_with(Path::new("root").join(JOURNAL)) || before.entries.contains_key(path),
+            "{} appeared outside the journal",
+            path.display()
+        );
+    }
+    before.assert_only_volume_changed(&after, Some(JOURNAL));
 }

@@ -103,12 +103,12 @@ async fn deadline_fires_and_other_volumes_proceed() {
     let never = CancellationToken::new();
 
     let (stalled_dir, p) = (dir("stalled/vol"), perms());
-    let stalled = root.create_volume_dir(&stalled_dir, &p, &never);
+    let stalled = root.create_volume_dir(&stalled_dir, &p, &p, &never);
     let others = async {
         let mut outcomes = Vec::new();
         for i in 0..5 {
             let d = dir(&format!("healthy/vol-{i}"));
-            outcomes.push(root.create_volume_dir(&d, &perms(), &never).await);
+            outcomes.push(root.create_volume_dir(&d, &perms(), &perms(), &never).await);
         }
         outcomes
     };
@@ -150,7 +150,7 @@ async fn stuck_threads_are_bounded_then_permits_return() {
             let root = root.clone();
             let never = never.clone();
             tokio::spawn(async move {
-                root.create_volume_dir(&dir(&format!("stalled-{i}")), &perms(), &never)
+                root.create_volume_dir(&dir(&format!("stalled-{i}")), &perms(), &perms(), &never)
                     .await
             })
         })
@@ -163,7 +163,7 @@ async fn stuck_threads_are_bounded_then_permits_return() {
 
     // Now even a healthy volume fails fast: no more threads may pile up.
     let err = root
-        .create_volume_dir(&dir("healthy"), &perms(), &never)
+        .create_volume_dir(&dir("healthy"), &perms(), &perms(), &never)
         .await
         .unwrap_err();
     assert!(
@@ -181,7 +181,7 @@ async fn stuck_threads_are_bounded_then_permits_return() {
     gate.open();
     wait_until_no_stuck(&root).await;
     assert_eq!(
-        root.create_volume_dir(&dir("healthy"), &perms(), &never)
+        root.create_volume_dir(&dir("healthy"), &perms(), &perms(), &never)
             .await
             .unwrap(),
         CreateOutcome::Created
@@ -205,7 +205,7 @@ async fn cancellation_returns_promptly_while_stalled() {
         })
     };
     let err = root
-        .delete_volume_dir(&dir("stalled"), &cancel)
+        .delete_volume_dir(&dir("stalled"), Vec::new(), &cancel)
         .await
         .unwrap_err();
     assert_eq!(err.label(), "cancelled", "{err}");
@@ -247,7 +247,7 @@ async fn huge_delete_past_the_deadline_resumes() {
     .await;
     let never = CancellationToken::new();
     let err = root
-        .delete_volume_dir(&dir("ns/big"), &never)
+        .delete_volume_dir(&dir("ns/big"), Vec::new(), &never)
         .await
         .unwrap_err();
     assert_eq!(err.label(), "not_responding", "{err}");
@@ -255,7 +255,7 @@ async fn huge_delete_past_the_deadline_resumes() {
     gate.open();
     wait_until_no_stuck(&root).await;
     assert_eq!(
-        root.delete_volume_dir(&dir("ns/big"), &never)
+        root.delete_volume_dir(&dir("ns/big"), Vec::new(), &never)
             .await
             .unwrap(),
         RemoveOutcome::Removed

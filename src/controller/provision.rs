@@ -162,6 +162,9 @@ async fn provision(
     let permissions =
         DirectoryPermissions::resolve(&ctx.default_permissions, &parameters, claim.annotations())
             .map_err(|e| Error::InvalidClaimAnnotation(Box::new(e)))?;
+    // Template parents may be shared with other claims: the class decides, not this claim.
+    let parent_permissions =
+        DirectoryPermissions::resolve_parents(&ctx.default_permissions, &parameters);
 
     // No `Provisioning` Normal event before the work (the Go provisioner writes one): it
     // doubled the event writes per claim, and a claim's outcome is always reported, as
@@ -169,7 +172,7 @@ async fn provision(
 
     match ctx
         .root
-        .create_volume_dir(&directory, &permissions, term)
+        .create_volume_dir(&directory, &permissions, &parent_permissions, term)
         .await?
     {
         CreateOutcome::Created => info!(directory = %directory, "created volume directory"),

@@ -203,7 +203,11 @@ async fn reclaim(
         return Ok(());
     }
     match policy {
-        OnDelete::Delete => match ctx.root.delete_volume_dir(&directory, term).await? {
+        OnDelete::Delete => match ctx
+            .root
+            .delete_volume_dir(&directory, Vec::new(), term)
+            .await?
+        {
             RemoveOutcome::Removed => info!(%directory, "deleted volume directory"),
             RemoveOutcome::AlreadyGone => info!(%directory, "volume directory already gone"),
         },
@@ -214,7 +218,7 @@ async fn reclaim(
             let archive = archive_directory(&directory, namespace, claim_name, &pv.name_any());
             match ctx
                 .root
-                .archive_volume_dir(&directory, &archive, term)
+                .archive_volume_dir(&directory, &archive, Vec::new(), term)
                 .await?
             {
                 ArchiveOutcome::Archived { to } => {

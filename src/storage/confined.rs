@@ -13,31 +13,29 @@
 //! [`OpContext::check`] between system calls, so an abandoned operation stops at the next
 //! syscall boundary. Every operation is idempotent: a later call continues the work.
 
-use std::ffi::{CStr, CString};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use nix::dir::Dir;
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag, openat, openat2, renameat};
 use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
+use super::removal::{Flow, Removal};
 use super::{ArchiveOutcome, CreateOutcome, OpContext, RemoveOutcome, StorageError};
 use crate::parameters::DirectoryPermissions;
 use crate::planning::{VolumeDirectory, archive_directory_with_suffix};
 
-/// Directory fds held open at once while removing a tree; deeper subtrees are moved up to
-/// the volume directory and removed in a later pass.
-const MAX_OPEN_DEPTH: usize = 32;
+/// Directory levels held open at once while removing a tree (see `super::removal`).
+pub(crate) const MAX_OPEN_DEPTH: usize = 32;
 /// Numeric archive suffixes tried before falling back to a time stamp.
 const ARCHIVE_NUMERIC_SUFFIXES: usize = 99;
 /// Bounded retries when a concurrent rename/rmdir races with path resolution.
-const RESOLVE_RETRIES: usize = 8;
+pub(crate) const RESOLVE_RETRIES: usize = 8;
 
 static OPENAT2_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
 static RENAMEAT2_UNSUPPORTED: AtomicBool = AtomicBool::new(false);
-static UNIQUE_COUNTER: AtomicU64 = AtomicU64::new(0);
+pub(crate) static UNIQUE_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Maps an errno from a confined call to a clear error about `path` (relative to the root).
 pub(crate) fn fs_error(op: &'static str, path: &str, errno: Errno) -> StorageError {
@@ -60,14 +58,14 @@ pub(crate) fn fs_error(op: &'static str, path: &str, errno: Errno) -> StorageErr
     }
 }
 
-fn unsafe_path(path: &str, reason: impl Into<String>) -> StorageError {
+pub(crate) fn unsafe_path(path: &str, reason: impl Into<String>) -> StorageError {
     StorageError::Unsafe {
         path: path.to_owned(),
         reason: reason.into(),
     }
 }
 
-fn file_type(st: &FileStat) -> SFlag {
+pub(crate) fn file_type(st: &FileStat) -> SFlag {
     SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits())
 }
 
@@ -155,16 +153,18 @@ fn entry_at(parent: BorrowedFd<'_>, name: &str) -> Result<Entry, Errno> {
     }
 }
 
-/// Creates `dir` and any missing parents. Only directories created here get `perms`.
+/// Creates `dir` (with `perms`) and any missing parents (with `parent_perms`). Only
+/// directories created here are chmod/chown'ed.
 pub(crate) fn create(
     root: BorrowedFd<'_>,
     dir: &VolumeDirectory,
     perms: &DirectoryPermissions,
+    parent_perms: &DirectoryPermissions,
     ctx: &OpContext,
 ) -> Result<CreateOutcome, StorageError> {
     let mut attempt = 0;
     loop {
-        match create_once(root, dir, perms, ctx) {
+        match create_once(root, dir, perms, parent_perms, ctx) {
             // A parent was removed concurrently (empty-parent cleanup of another volume).
             Err(Retry::ParentVanished) if attempt < RESOLVE_RETRIES => attempt += 1,
             Err(Retry::ParentVanished) => {
@@ -190,16 +190,23 @@ impl From<StorageError> for Retry {
 fn create_once(
     root: BorrowedFd<'_>,
     dir: &VolumeDirectory,
-    perms: &DirectoryPermissions,
+    volume_perms: &DirectoryPermissions,
+    parent_perms: &DirectoryPermissions,
     ctx: &OpContext,
 ) -> Result<CreateOutcome, Retry> {
     let mut parent = open_dir(root, ".", OFlag::O_PATH).map_err(|e| fs_error("open", ".", e))?;
     let mut path = String::new();
     let mut created_last = false;
-    // The mode is applied with fchmod afterwards because mkdir's mode is masked by umask.
-    let mode = Mode::from_bits_truncate(perms.mode);
-    for component in dir.components() {
+    let last = dir.components().count() - 1;
+    for (index, component) in dir.components().enumerate() {
         ctx.check()?;
+        let perms = if index == last {
+            volume_perms
+        } else {
+            parent_perms
+        };
+        // The mode is applied with fchmod afterwards because mkdir's mode is masked by umask.
+        let mode = Mode::from_bits_truncate(perms.mode);
         if !path.is_empty() {
             path.push('/');
         }
@@ -290,166 +297,51 @@ fn open_volume(
     Ok(Some((parent, volume, st)))
 }
 
-/// Removes the volume directory tree, then empty template parents up to the root.
+/// How one slice of a delete ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum DeleteStep {
+    Finished(RemoveOutcome),
+    /// The slice's time ran out after removing `removed` entries; call again to continue.
+    InProgress {
+        removed: u64,
+    },
+}
+
+/// Removes the volume directory tree, then empty template parents up to the root (stopping
+/// at any directory in `keep`). Works in slices: see `super::removal`.
 pub(crate) fn delete(
     root: BorrowedFd<'_>,
     root_dev: u64,
     dir: &VolumeDirectory,
+    keep: &[VolumeDirectory],
     ctx: &OpContext,
-) -> Result<RemoveOutcome, StorageError> {
+) -> Result<DeleteStep, StorageError> {
     ctx.check()?;
     let Some((parent, volume, st)) = open_volume(root, root_dev, dir)? else {
         tracing::info!(dir = %dir, "volume directory already gone");
-        remove_empty_parents(root, dir, ctx);
-        return Ok(RemoveOutcome::AlreadyGone);
+        remove_empty_parents(root, dir, keep, ctx);
+        return Ok(DeleteStep::Finished(RemoveOutcome::AlreadyGone));
     };
-    remove_contents(volume.as_fd(), st.st_dev, dir.as_str(), ctx)?;
+    let mut removal = Removal::new(volume.as_fd(), st.st_dev, ctx);
+    let flow = removal.empty_volume(dir.as_str())?;
+    let removed = removal.removed();
+    if flow == Flow::Paused {
+        return Ok(DeleteStep::InProgress { removed });
+    }
     drop(volume);
     ctx.check()?;
     match unlinkat(&parent, dir.name(), UnlinkatFlags::RemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
+        // Something was written into it meanwhile: the next slice removes that too. (If this
+        // slice removed nothing, the error is returned instead of looping without progress.)
+        Err(Errno::ENOTEMPTY | Errno::EEXIST) if removed > 0 => {
+            return Ok(DeleteStep::InProgress { removed });
+        }
         Err(e) => return Err(fs_error("rmdir", dir.as_str(), e)),
     }
     tracing::info!(dir = %dir, "removed volume directory");
-    remove_empty_parents(root, dir, ctx);
-    Ok(RemoveOutcome::Removed)
-}
-
-/// Removes everything inside `top` (a directory on device `dev`).
-///
-/// Never follows symlinks (they are unlinked as entries), never descends into another file
-/// system (a mount point inside the volume is an error: we cannot and must not remove it).
-/// Subtrees deeper than [`MAX_OPEN_DEPTH`] are renamed up into `top` and removed in a later
-/// pass, so open fds stay bounded however deep the tree is.
-pub(crate) fn remove_contents(
-    top: BorrowedFd<'_>,
-    dev: u64,
-    path: &str,
-    ctx: &OpContext,
-) -> Result<(), StorageError> {
-    loop {
-        let moved_up = remove_level(top, top, dev, 1, path, ctx)?;
-        if moved_up == 0 {
-            return Ok(());
-        }
-    }
-}
-
-fn read_names(dir: BorrowedFd<'_>, path: &str) -> Result<Vec<CString>, StorageError> {
-    // A fresh open file description each time, so reading starts at the first entry.
-    let fd = openat(
-        dir,
-        ".",
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| fs_error("open", path, e))?;
-    let mut handle = Dir::from_fd(fd).map_err(|e| fs_error("opendir", path, e))?;
-    let mut names = Vec::new();
-    for entry in handle.iter() {
-        let entry = entry.map_err(|e| fs_error("readdir", path, e))?;
-        let name = entry.file_name();
-        if name != c"." && name != c".." {
-            names.push(name.to_owned());
-        }
-    }
-    Ok(names)
-}
-
-fn join(path: &str, name: &CStr) -> String {
-    format!("{path}/{}", name.to_string_lossy())
-}
-
-fn remove_level(
-    dir: BorrowedFd<'_>,
-    top: BorrowedFd<'_>,
-    dev: u64,
-    depth: usize,
-    path: &str,
-    ctx: &OpContext,
-) -> Result<usize, StorageError> {
-    let mut moved_up = 0;
-    for name in read_names(dir, path)? {
-        ctx.check()?;
-        ctx.fault_point("delete_entry", path);
-        let st = match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => st,
-            Err(Errno::ENOENT) => continue,
-            Err(e) => return Err(fs_error("stat", &join(path, &name), e)),
-        };
-        if file_type(&st) == SFlag::S_IFDIR {
-            if st.st_dev != dev {
-                return Err(unsafe_path(
-                    &join(path, &name),
-                    "a mount point inside the volume; not crossing into another file system",
-                ));
-            }
-            if depth >= MAX_OPEN_DEPTH {
-                move_up(dir, &name, top, &join(path, &name))?;
-                moved_up += 1;
-                continue;
-            }
-            let sub = match openat(
-                dir,
-                name.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => continue,
-                // Swapped for a symlink or file since the stat: remove it as an entry.
-                Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                    unlink_entry(dir, &name, UnlinkatFlags::NoRemoveDir, path)?;
-                    continue;
-                }
-                Err(e) => return Err(fs_error("open", &join(path, &name), e)),
-            };
-            let sub_st = fstat(&sub).map_err(|e| fs_error("stat", &join(path, &name), e))?;
-            if file_type(&sub_st) != SFlag::S_IFDIR || sub_st.st_dev != dev {
-                return Err(unsafe_path(
-                    &join(path, &name),
-                    "changed into a mount point while being removed",
-                ));
-            }
-            moved_up += remove_level(sub.as_fd(), top, dev, depth + 1, &join(path, &name), ctx)?;
-            drop(sub);
-            ctx.check()?;
-            unlink_entry(dir, &name, UnlinkatFlags::RemoveDir, path)?;
-        } else {
-            unlink_entry(dir, &name, UnlinkatFlags::NoRemoveDir, path)?;
-        }
-    }
-    Ok(moved_up)
-}
-
-fn unlink_entry(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    flags: UnlinkatFlags,
-    path: &str,
-) -> Result<(), StorageError> {
-    match unlinkat(dir, name, flags) {
-        Ok(()) | Err(Errno::ENOENT) => Ok(()),
-        Err(e) => Err(fs_error("unlink", &join(path, name), e)),
-    }
-}
-
-/// Renames a too-deep subdirectory up into the volume directory under a fresh name.
-fn move_up(
-    dir: BorrowedFd<'_>,
-    name: &CStr,
-    top: BorrowedFd<'_>,
-    path: &str,
-) -> Result<(), StorageError> {
-    loop {
-        let n = UNIQUE_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let new_name = format!(".nfs-provisioner-deep-{}-{n}", std::process::id());
-        match rename_noreplace(dir, name, top, new_name.as_str()) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EEXIST | Errno::ENOTEMPTY) => continue,
-            Err(e) => return Err(fs_error("rename", path, e)),
-        }
-    }
+    remove_empty_parents(root, dir, keep, ctx);
+    Ok(DeleteStep::Finished(RemoveOutcome::Removed))
 }
 
 /// Renames without ever replacing an existing entry.
@@ -458,7 +350,7 @@ fn move_up(
 /// client returns EINVAL) fall back to reserving the target with `mkdirat` (atomic, fails
 /// if anything exists) and renaming onto that empty reservation, which rename(2) allows
 /// for directories; anything that lands in the reservation meanwhile makes it fail.
-fn rename_noreplace<P1, P2>(
+pub(crate) fn rename_noreplace<P1, P2>(
     old_dir: BorrowedFd<'_>,
     old: &P1,
     new_dir: BorrowedFd<'_>,
@@ -521,9 +413,15 @@ where
 
 /// Removes the now-empty parent directories of `dir` up to (not including) the root.
 ///
-/// Best effort: stops at the first parent that is not empty or cannot be removed; failures
-/// are logged, not returned, because the volume itself is already handled.
-pub(crate) fn remove_empty_parents(root: BorrowedFd<'_>, dir: &VolumeDirectory, ctx: &OpContext) {
+/// Stops at (never removes) a parent listed in `keep`: an empty directory may be another
+/// volume's directory. Best effort: stops at the first parent that is not empty or cannot
+/// be removed; failures are logged, not returned, because the volume itself is handled.
+pub(crate) fn remove_empty_parents(
+    root: BorrowedFd<'_>,
+    dir: &VolumeDirectory,
+    keep: &[VolumeDirectory],
+    ctx: &OpContext,
+) {
     let components: Vec<&str> = dir.components().collect();
     for depth in (1..components.len()).rev() {
         if ctx.check().is_err() {
@@ -535,6 +433,10 @@ pub(crate) fn remove_empty_parents(root: BorrowedFd<'_>, dir: &VolumeDirectory, 
             components[..depth - 1].join("/")
         };
         let parent_path = components[..depth].join("/");
+        if keep.iter().any(|k| k.as_str() == parent_path) {
+            tracing::debug!(path = %parent_path, "parent is another volume's directory; kept");
+            return;
+        }
         let fd = match open_dir(root, &grandparent, OFlag::O_PATH) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => continue,
@@ -562,6 +464,7 @@ pub(crate) fn archive(
     root_dev: u64,
     dir: &VolumeDirectory,
     archive: &VolumeDirectory,
+    keep: &[VolumeDirectory],
     ctx: &OpContext,
 ) -> Result<ArchiveOutcome, StorageError> {
     ctx.check()?;
@@ -573,7 +476,7 @@ pub(crate) fn archive(
     }
     let Some((parent, volume, _)) = open_volume(root, root_dev, dir)? else {
         tracing::info!(dir = %dir, "volume directory already gone; nothing to archive");
-        remove_empty_parents(root, dir, ctx);
+        remove_empty_parents(root, dir, keep, ctx);
         return Ok(ArchiveOutcome::AlreadyGone);
     };
     drop(volume);
@@ -603,13 +506,13 @@ pub(crate) fn archive(
         ) {
             Ok(()) => {
                 tracing::info!(dir = %dir, archive = %target, "archived volume directory");
-                remove_empty_parents(root, dir, ctx);
+                remove_empty_parents(root, dir, keep, ctx);
                 return Ok(ArchiveOutcome::Archived { to: target });
             }
             Err(Errno::EEXIST | Errno::ENOTEMPTY) => continue,
             Err(Errno::ENOENT) => {
                 tracing::info!(dir = %dir, "volume directory vanished while archiving");
-                remove_empty_parents(root, dir, ctx);
+                remove_empty_parents(root, dir, keep, ctx);
                 return Ok(ArchiveOutcome::AlreadyGone);
             }
             Err(e) => return Err(fs_error("rename", dir.as_str(), e)),

@@ -12,8 +12,16 @@
 //! returns, so stuck threads are bounded; once that many are stuck, new operations fail
 //! fast with [`StorageError::Overloaded`]. Dedicated threads (not `spawn_blocking`) are
 //! used so that a stuck thread never blocks runtime shutdown.
+//!
+//! Work that can outlast any deadline (removing a tree of millions of entries) runs in
+//! slices: each slice is one such operation, stops cleanly at half its deadline once it has
+//! made progress, and the async method starts the next one (see
+//! [`NfsRoot::delete_volume_dir`]). So the deadline still detects a server that stops
+//! answering, without failing work that is merely large.
 
 mod confined;
+mod journal;
+mod removal;
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
@@ -28,7 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 pub use tokio_util::sync::CancellationToken;
 
 use crate::parameters::DirectoryPermissions;
-use crate::planning::VolumeDirectory;
+use crate::planning::{JOURNAL_DIRECTORY, VolumeDirectory};
 
 /// Tuning for [`NfsRoot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +139,9 @@ const ABANDONED: u8 = 2;
 pub(crate) struct OpContext {
     state: Arc<AtomicU8>,
     hook: Option<FaultHook>,
+    /// When work that can stop midway (tree removal) should stop and report progress, well
+    /// before the caller's deadline.
+    slice_end: Option<Instant>,
 }
 
 impl OpContext {
@@ -141,6 +152,11 @@ impl OpContext {
         } else {
             Ok(())
         }
+    }
+
+    /// True once the slice's time is up (never for a context without a slice end).
+    pub(crate) fn slice_over(&self) -> bool {
+        self.slice_end.is_some_and(|end| Instant::now() >= end)
     }
 
     pub(crate) fn fault_point(&self, op: &str, path: &str) {
@@ -154,6 +170,15 @@ impl OpContext {
         OpContext {
             state: Arc::new(AtomicU8::new(RUNNING)),
             hook: None,
+            slice_end: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_slice_end(end: Instant) -> Self {
+        OpContext {
+            slice_end: Some(end),
+            ..Self::detached()
         }
     }
 }
@@ -350,51 +375,84 @@ impl NfsRoot {
         self.inner.stuck.load(Ordering::Acquire)
     }
 
-    /// Creates `dir` and missing parents beneath the root. Only directories created here get
-    /// `perms` (mode set explicitly with fchmod, so umask does not matter; owner with fchown
-    /// when uid/gid are set). An existing directory is never chmod/chown'ed.
+    /// Creates `dir` and missing parents beneath the root. Only directories created here are
+    /// chmod/chown'ed: `dir` itself gets `perms`, created parents get `parent_perms` (mode
+    /// set explicitly with fchmod, so umask does not matter; owner with fchown when uid/gid
+    /// are set). An existing directory is never chmod/chown'ed.
     pub async fn create_volume_dir(
         &self,
         dir: &VolumeDirectory,
         perms: &DirectoryPermissions,
+        parent_perms: &DirectoryPermissions,
         cancel: &CancellationToken,
     ) -> Result<CreateOutcome, StorageError> {
-        let (dir2, perms) = (dir.clone(), *perms);
+        let (dir2, perms, parent_perms) = (dir.clone(), *perms, *parent_perms);
         self.run("create", dir, cancel, move |inner, ctx| {
-            confined::create(inner.root.as_fd(), &dir2, &perms, ctx)
+            confined::create(inner.root.as_fd(), &dir2, &perms, &parent_perms, ctx)
         })
         .await
     }
 
     /// Removes the volume directory tree (no symlink followed, no mount point crossed, never
-    /// the root), then its empty parents up to (not including) the root. Already gone is
+    /// the root), then its empty parents up to (not including) the root, stopping at any
+    /// directory in `keep` (other volumes' directories, which may be empty). Already gone is
     /// success (logged). A symlink or non-directory in place of the volume directory is an
-    /// [`StorageError::Unsafe`] error and is left untouched. Resumable: if the deadline hits
-    /// midway, the next call continues.
+    /// [`StorageError::Unsafe`] error and is left untouched.
+    ///
+    /// Huge trees: the work runs in slices, each a separate operation with its own deadline
+    /// ([`StorageOptions::op_timeout`]) that stops cleanly at half of it and reports
+    /// progress; this call starts the next slice until the tree is gone. So a delete of
+    /// millions of entries takes as long as it takes but never fails as "not responding"
+    /// while the server keeps answering; only a slice that makes no progress within the
+    /// deadline does. Memory stays bounded (directories are streamed, never listed whole).
+    /// Cancellation is honoured between slices and at every entry. Resumable: after an
+    /// error, the next call continues.
     pub async fn delete_volume_dir(
         &self,
         dir: &VolumeDirectory,
+        keep: Vec<VolumeDirectory>,
         cancel: &CancellationToken,
     ) -> Result<RemoveOutcome, StorageError> {
-        let dir2 = dir.clone();
-        self.run("delete", dir, cancel, move |inner, ctx| {
-            confined::delete(inner.root.as_fd(), inner.root_dev, &dir2, ctx)
-        })
-        .await
+        let keep = Arc::new(keep);
+        let mut removed = 0u64;
+        loop {
+            let (dir2, keep2) = (dir.clone(), keep.clone());
+            let step = self
+                .run("delete", dir, cancel, move |inner, ctx| {
+                    confined::delete(inner.root.as_fd(), inner.root_dev, &dir2, &keep2, ctx)
+                })
+                .await?;
+            match step {
+                confined::DeleteStep::Finished(outcome) => return Ok(outcome),
+                confined::DeleteStep::InProgress { removed: slice } => {
+                    removed += slice;
+                    tracing::debug!(dir = %dir, removed, "deleting a large volume directory");
+                }
+            }
+        }
     }
 
     /// Renames the volume directory to `archive`, or to `archive` with a `.N` / time-stamp
-    /// suffix if that exists; never replaces an existing entry. Then removes empty parents.
+    /// suffix if that exists; never replaces an existing entry. Then removes empty parents,
+    /// stopping at any directory in `keep` (other volumes' directories).
     /// The archive's parent must exist (planning puts archives at the root).
     pub async fn archive_volume_dir(
         &self,
         dir: &VolumeDirectory,
         archive: &VolumeDirectory,
+        keep: Vec<VolumeDirectory>,
         cancel: &CancellationToken,
     ) -> Result<ArchiveOutcome, StorageError> {
         let (dir2, archive2) = (dir.clone(), archive.clone());
         self.run("archive", dir, cancel, move |inner, ctx| {
-            confined::archive(inner.root.as_fd(), inner.root_dev, &dir2, &archive2, ctx)
+            confined::archive(
+                inner.root.as_fd(),
+                inner.root_dev,
+                &dir2,
+                &archive2,
+                &keep,
+                ctx,
+            )
         })
         .await
     }
@@ -408,6 +466,57 @@ impl NfsRoot {
         let dir2 = dir.clone();
         self.run("stat", dir, cancel, move |inner, _ctx| {
             confined::exists(inner.root.as_fd(), &dir2)
+        })
+        .await
+    }
+
+    /// Records in the orphan journal (`.nfs-provisioner-journal` beneath the root) that
+    /// `dir` was created for `key` (a Kubernetes UID: 1 to 64 of `[0-9a-zA-Z-]`, anything
+    /// else is refused). Atomic (temp file, fsync, rename) and replaces an earlier entry of
+    /// the same key. Creates the journal directory (mode 0700) if missing.
+    pub async fn journal_record(
+        &self,
+        key: &str,
+        dir: &VolumeDirectory,
+        cancel: &CancellationToken,
+    ) -> Result<(), StorageError> {
+        journal::check_key(key)?;
+        let (key, dir) = (key.to_owned(), dir.clone());
+        self.run_at(
+            "journal record",
+            JOURNAL_DIRECTORY,
+            cancel,
+            move |inner, ctx| journal::record(inner.root.as_fd(), &key, &dir, ctx),
+        )
+        .await
+    }
+
+    /// Removes the journal entry of `key`; already gone is success.
+    pub async fn journal_remove(
+        &self,
+        key: &str,
+        cancel: &CancellationToken,
+    ) -> Result<(), StorageError> {
+        journal::check_key(key)?;
+        let key = key.to_owned();
+        self.run_at(
+            "journal remove",
+            JOURNAL_DIRECTORY,
+            cancel,
+            move |inner, ctx| journal::remove(inner.root.as_fd(), &key, ctx),
+        )
+        .await
+    }
+
+    /// Every journal entry as `(key, directory)`, sorted by key. Entries that are not
+    /// regular files, exceed 4 KiB or do not hold a valid volume directory are skipped
+    /// (logged). No journal yet: empty.
+    pub async fn journal_entries(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<(String, VolumeDirectory)>, StorageError> {
+        self.run_at("journal list", JOURNAL_DIRECTORY, cancel, |inner, ctx| {
+            journal::entries(inner.root.as_fd(), ctx)
         })
         .await
     }
@@ -474,6 +583,8 @@ impl NfsRoot {
         let ctx = OpContext {
             state: state.clone(),
             hook: inner.hook.clone(),
+            // Half the deadline leaves the other half for the last system call in flight.
+            slice_end: Some(Instant::now() + timeout / 2),
         };
         let exit = WorkerExit {
             inner: inner.clone(),

@@ -1,7 +1,7 @@
 //! Unit tests of the confined operations on real temporary directories.
 
 use std::fs;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::sync::atomic::AtomicUsize;
 
@@ -40,6 +40,19 @@ fn open_root(path: &Path) -> (OwnedFd, u64) {
     (fd, dev)
 }
 
+/// One unsliced delete (a detached context has no slice end, so it always finishes).
+fn delete(
+    root: BorrowedFd<'_>,
+    dev: u64,
+    d: &VolumeDirectory,
+    ctx: &OpContext,
+) -> Result<RemoveOutcome, StorageError> {
+    match confined::delete(root, dev, d, &[], ctx)? {
+        confined::DeleteStep::Finished(outcome) => Ok(outcome),
+        step => panic!("an unsliced delete stopped midway: {step:?}"),
+    }
+}
+
 fn perms(mode: u32) -> DirectoryPermissions {
     DirectoryPermissions {
         mode,
@@ -55,7 +68,14 @@ fn create_applies_mode_to_created_dirs_only() {
     fs::create_dir(tmp.path().join("ns")).unwrap();
     fs::set_permissions(tmp.path().join("ns"), fs::Permissions::from_mode(0o711)).unwrap();
     let ctx = OpContext::detached();
-    let out = confined::create(root.as_fd(), &dir("ns/a/b"), &perms(0o1770), &ctx).unwrap();
+    let out = confined::create(
+        root.as_fd(),
+        &dir("ns/a/b"),
+        &perms(0o1770),
+        &perms(0o1770),
+        &ctx,
+    )
+    .unwrap();
     assert_eq!(out, CreateOutcome::Created);
     let mode = |p: &str| fs::metadata(tmp.path().join(p)).unwrap().mode() & 0o7777;
     assert_eq!(mode("ns"), 0o711, "existing parent untouched");
@@ -63,7 +83,14 @@ fn create_applies_mode_to_created_dirs_only() {
     assert_eq!(mode("ns/a/b"), 0o1770);
     // Second call: already there, mode not reapplied.
     fs::set_permissions(tmp.path().join("ns/a/b"), fs::Permissions::from_mode(0o700)).unwrap();
-    let out = confined::create(root.as_fd(), &dir("ns/a/b"), &perms(0o777), &ctx).unwrap();
+    let out = confined::create(
+        root.as_fd(),
+        &dir("ns/a/b"),
+        &perms(0o777),
+        &perms(0o777),
+        &ctx,
+    )
+    .unwrap();
     assert_eq!(out, CreateOutcome::AlreadyExisted);
     assert_eq!(mode("ns/a/b"), 0o700);
 }
@@ -80,7 +107,7 @@ fn create_applies_owner_when_root() {
         uid: Some(1234),
         gid: Some(5678),
     };
-    confined::create(root.as_fd(), &dir("x/y"), &p, &OpContext::detached()).unwrap();
+    confined::create(root.as_fd(), &dir("x/y"), &p, &p, &OpContext::detached()).unwrap();
     for d in ["x", "x/y"] {
         let md = fs::metadata(tmp.path().join(d)).unwrap();
         assert_eq!(
@@ -101,12 +128,12 @@ fn delete_removes_tree_without_following_symlinks() {
     fs::write(vol.join("sub/deeper/f"), b"x").unwrap();
     symlink(outside.path(), vol.join("sub/link-dir")).unwrap();
     symlink(outside.path().join("canary"), vol.join("link-file")).unwrap();
-    let out = confined::delete(root.as_fd(), dev, &dir("ns/vol"), &OpContext::detached()).unwrap();
+    let out = delete(root.as_fd(), dev, &dir("ns/vol"), &OpContext::detached()).unwrap();
     assert_eq!(out, RemoveOutcome::Removed);
     assert!(!tmp.path().join("ns").exists(), "empty parent removed");
     assert_eq!(fs::read(outside.path().join("canary")).unwrap(), b"keep");
     assert!(tmp.path().exists());
-    let again = confined::delete(root.as_fd(), dev, &dir("ns/vol"), &OpContext::detached());
+    let again = delete(root.as_fd(), dev, &dir("ns/vol"), &OpContext::detached());
     assert_eq!(again.unwrap(), RemoveOutcome::AlreadyGone);
 }
 
@@ -120,7 +147,7 @@ fn delete_handles_trees_deeper_than_the_fd_budget() {
     }
     fs::create_dir_all(&p).unwrap();
     fs::write(p.join("leaf"), b"x").unwrap();
-    let out = confined::delete(root.as_fd(), dev, &dir("vol"), &OpContext::detached()).unwrap();
+    let out = delete(root.as_fd(), dev, &dir("vol"), &OpContext::detached()).unwrap();
     assert_eq!(out, RemoveOutcome::Removed);
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
@@ -145,11 +172,12 @@ fn interrupted_delete_resumes() {
                 state2.store(ABANDONED, Ordering::SeqCst);
             }
         })),
+        slice_end: None,
     };
-    let err = confined::delete(root.as_fd(), dev, &dir("vol"), &ctx).unwrap_err();
+    let err = delete(root.as_fd(), dev, &dir("vol"), &ctx).unwrap_err();
     assert!(matches!(err, StorageError::Cancelled), "{err}");
     assert!(vol.exists(), "stopped midway");
-    let out = confined::delete(root.as_fd(), dev, &dir("vol"), &OpContext::detached()).unwrap();
+    let out = delete(root.as_fd(), dev, &dir("vol"), &OpContext::detached()).unwrap();
     assert_eq!(out, RemoveOutcome::Removed);
     assert!(!vol.exists());
 }
@@ -224,7 +252,7 @@ async fn probe_and_exists_work() {
     );
     let never = CancellationToken::new();
     assert!(!root.volume_dir_exists(&dir("a/b"), &never).await.unwrap());
-    root.create_volume_dir(&dir("a/b"), &perms(0o777), &never)
+    root.create_volume_dir(&dir("a/b"), &perms(0o777), &perms(0o777), &never)
         .await
         .unwrap();
     assert!(root.volume_dir_exists(&dir("a/b"), &never).await.unwrap());
@@ -240,7 +268,7 @@ async fn cancelled_token_returns_cancelled() {
     let cancel = CancellationToken::new();
     cancel.cancel();
     let err = root
-        .create_volume_dir(&dir("x"), &perms(0o777), &cancel)
+        .create_volume_dir(&dir("x"), &perms(0o777), &perms(0o777), &cancel)
         .await
         .unwrap_err();
     assert_eq!(err.label(), "cancelled");
@@ -281,4 +309,139 @@ fn error_labels_and_messages() {
     assert!(e.to_string().contains("symbolic link"), "{e}");
     let e = confined::fs_error("mkdir", "a", nix::errno::Errno::EACCES);
     assert_eq!(e.label(), "io");
+}
+
+#[test]
+fn sliced_delete_progresses_every_slice_and_finishes() {
+    let tmp = temp_root();
+    let outside = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    fs::write(outside.path().join("canary"), b"keep").unwrap();
+    let (root, dev) = open_root(tmp.path());
+    let vol = tmp.path().join("ns/vol");
+    for i in 0..10 {
+        fs::create_dir_all(vol.join(format!("d{i}/e"))).unwrap();
+        fs::write(vol.join(format!("d{i}/e/f")), b"x").unwrap();
+        fs::write(vol.join(format!("f{i}")), b"x").unwrap();
+    }
+    let mut deep = vol.join("deep");
+    for i in 0..40 {
+        deep.push(format!("l{i}"));
+    }
+    fs::create_dir_all(&deep).unwrap();
+    symlink(outside.path(), vol.join("link")).unwrap();
+    fs::write(tmp.path().join("ns-sibling"), b"keep").unwrap();
+    // Every slice is already over when it starts: each removes the least it may, one entry
+    // (plus the directories that entry emptied, at most one per open level, which it meets
+    // on the way back up).
+    let mut slices = 0;
+    let outcome = loop {
+        slices += 1;
+        assert!(slices < 10_000, "no end in sight");
+        let ctx = OpContext::with_slice_end(std::time::Instant::now());
+        match confined::delete(root.as_fd(), dev, &dir("ns/vol"), &[], &ctx).unwrap() {
+            confined::DeleteStep::Finished(outcome) => break outcome,
+            confined::DeleteStep::InProgress { removed } => {
+                assert!((1..=33).contains(&removed), "{removed}")
+            }
+        }
+    };
+    assert_eq!(outcome, RemoveOutcome::Removed);
+    // At least one slice per entry of the volume directory (10 files, 10 chains, deep, link).
+    assert!(
+        slices >= 22,
+        "only {slices} slices: the delete did not stop at its slice end"
+    );
+    assert!(!tmp.path().join("ns").exists());
+    assert_eq!(fs::read(tmp.path().join("ns-sibling")).unwrap(), b"keep");
+    assert_eq!(fs::read(outside.path().join("canary")).unwrap(), b"keep");
+}
+
+#[test]
+fn parent_cleanup_stops_at_kept_directories() {
+    let tmp = temp_root();
+    let (root, dev) = open_root(tmp.path());
+    let ctx = OpContext::detached();
+    // "ns" is another volume's (empty) directory; "ns/a" is a plain template parent.
+    fs::create_dir_all(tmp.path().join("ns/a/vol")).unwrap();
+    let step = confined::delete(root.as_fd(), dev, &dir("ns/a/vol"), &[dir("ns")], &ctx).unwrap();
+    assert_eq!(step, confined::DeleteStep::Finished(RemoveOutcome::Removed));
+    assert!(
+        !tmp.path().join("ns/a").exists(),
+        "plain empty parent removed"
+    );
+    assert!(tmp.path().join("ns").is_dir(), "kept directory survives");
+
+    fs::create_dir_all(tmp.path().join("ns/a/vol")).unwrap();
+    let out = confined::archive(
+        root.as_fd(),
+        dev,
+        &dir("ns/a/vol"),
+        &dir("archived-vol"),
+        &[dir("ns/a")],
+        &ctx,
+    )
+    .unwrap();
+    assert!(matches!(out, ArchiveOutcome::Archived { .. }), "{out:?}");
+    assert!(tmp.path().join("ns/a").is_dir(), "kept directory survives");
+
+    // Without the keep list the same empty parents go.
+    fs::create_dir_all(tmp.path().join("ns/a/vol")).unwrap();
+    let out = delete(root.as_fd(), dev, &dir("ns/a/vol"), &ctx).unwrap();
+    assert_eq!(out, RemoveOutcome::Removed);
+    assert!(!tmp.path().join("ns").exists());
+}
+
+#[test]
+fn create_gives_parents_and_volume_their_own_permissions() {
+    let tmp = temp_root();
+    let (root, _) = open_root(tmp.path());
+    let ctx = OpContext::detached();
+    let (volume, parents) = if nix::unistd::geteuid().is_root() {
+        (
+            DirectoryPermissions {
+                mode: 0o700,
+                uid: Some(4000),
+                gid: Some(4001),
+            },
+            DirectoryPermissions {
+                mode: 0o755,
+                uid: Some(3000),
+                gid: Some(3001),
+            },
+        )
+    } else {
+        (perms(0o700), perms(0o755))
+    };
+    let out =
+        confined::create(root.as_fd(), &dir("tier/sub/vol"), &volume, &parents, &ctx).unwrap();
+    assert_eq!(out, CreateOutcome::Created);
+    let md = |p: &str| fs::metadata(tmp.path().join(p)).unwrap();
+    for parent in ["tier", "tier/sub"] {
+        assert_eq!(md(parent).mode() & 0o7777, 0o755, "{parent}");
+        if let Some(uid) = parents.uid {
+            assert_eq!(
+                (md(parent).uid(), md(parent).gid()),
+                (uid, 3001),
+                "{parent}"
+            );
+        }
+    }
+    assert_eq!(md("tier/sub/vol").mode() & 0o7777, 0o700);
+    if let Some(uid) = volume.uid {
+        assert_eq!(
+            (md("tier/sub/vol").uid(), md("tier/sub/vol").gid()),
+            (uid, 4001)
+        );
+    }
+    // A second volume under the existing parent leaves the parent alone.
+    confined::create(
+        root.as_fd(),
+        &dir("tier/sub/other"),
+        &perms(0o711),
+        &perms(0o777),
+        &ctx,
+    )
+    .unwrap();
+    assert_eq!(md("tier/sub").mode() & 0o7777, 0o755);
+    assert_eq!(md("tier/sub/other").mode() & 0o7777, 0o711);
 }

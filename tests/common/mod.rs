@@ -25,16 +25,46 @@ pub struct World {
     pub base: PathBuf,
     pub root: PathBuf,
     pub outside: PathBuf,
+    /// A tmpfs is mounted on `base` (in the sandbox's private mount namespace).
+    pub on_tmpfs: bool,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.on_tmpfs {
+            let _ = nix::mount::umount2(&self.base, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
 
 impl World {
     pub fn new() -> World {
+        Self::build(false)
+    }
+
+    /// Like [`World::new`] on a fresh tmpfs when the sandbox allows mounting one (it runs in
+    /// a private mount namespace), for tests that create millions of files: the scratch
+    /// file system may create them at a tenth of the speed. Falls back to [`World::new`].
+    pub fn new_on_tmpfs() -> World {
+        Self::build(true)
+    }
+
+    fn build(want_tmpfs: bool) -> World {
         require_sandbox();
         let tmp = tempfile::Builder::new()
             .prefix("world")
             .tempdir_in(std::env::temp_dir())
             .unwrap();
         let base = tmp.path().to_path_buf();
+        let on_tmpfs = want_tmpfs
+            && nix::mount::mount(
+                Some("tmpfs"),
+                &base,
+                Some("tmpfs"),
+                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                Some("mode=0700"),
+            )
+            .is_ok();
         let root = base.join("root");
         let outside = base.join("outside");
         fs::create_dir(&root).unwrap();
@@ -49,6 +79,7 @@ impl World {
             base,
             root,
             outside,
+            on_tmpfs,
         }
     }
 
