@@ -172,6 +172,7 @@ pub async fn run_observed(
         claims: watches.claims.clone(),
         volumes: watches.volumes.clone(),
         directories: watches.directories.clone(),
+        directory_locks: Default::default(),
         classes: watches.classes.clone(),
         events,
         metrics: metrics.clone(),
@@ -251,15 +252,18 @@ pub async fn run_observed(
         let stop_taking = CancellationToken::new();
         controller::enqueue_all(&ctx, &queue);
         {
-            // Periodic full re-check catches anything a watch event did not cover.
-            let (ctx, queue, stop, every) = (
+            // Periodic full re-check catches anything a watch event did not cover; the
+            // orphan sweep runs at the start of every term and with every re-check.
+            let (ctx, queue, stop, term, every) = (
                 ctx.clone(),
                 queue.clone(),
                 stop_taking.clone(),
+                term.clone(),
                 settings.resync_period,
             );
             tokio::spawn(async move {
                 loop {
+                    controller::sweep_orphans(&ctx, &term).await;
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(every) => controller::enqueue_all(&ctx, &queue),

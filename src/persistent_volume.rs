@@ -19,6 +19,13 @@ pub const ANN_ON_DELETE: &str = "nfs-provisioner.io/on-delete";
 /// Keeps the PV object until its directory was handled by the recorded policy, also when a
 /// user deletes the PV directly.
 pub const FINALIZER: &str = "nfs-provisioner.io/volume-directory";
+/// On a PV whose directory existed before it ("true"): data that predates the volume is never
+/// deleted, archived or moved by the volume's delete policy.
+pub const ANN_DIRECTORY_EXISTED: &str = "nfs-provisioner.io/directory-existed";
+/// Label on our PVs: a hash of the first component of the directory (see
+/// [`directory_tree_label`]). Every volume at, inside or above a directory shares it, so the
+/// last check before a delete lists exactly those from the API server.
+pub const LABEL_DIRECTORY_TREE: &str = "nfs-provisioner.io/directory-tree";
 /// Set on claims by kube-controller-manager: which provisioner should act (GA and beta names).
 pub const ANN_STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
 pub const ANN_STORAGE_PROVISIONER_BETA: &str = "volume.beta.kubernetes.io/storage-provisioner";
@@ -49,6 +56,22 @@ pub struct VolumeSpec {
     pub claim_namespace: String,
     pub claim_name: String,
     pub claim_uid: String,
+    /// The directory existed before this volume (recorded as [`ANN_DIRECTORY_EXISTED`]).
+    pub directory_existed: bool,
+    /// Value of [`LABEL_DIRECTORY_TREE`].
+    pub directory_tree: String,
+}
+
+/// The [`LABEL_DIRECTORY_TREE`] value of a directory: FNV-1a (64 bit, hex) of its first
+/// component. Hand-written: eight lines, stable across releases and platforms (std's hasher
+/// is neither), no dependency. A collision only adds candidates the caller then judges.
+pub fn directory_tree_label(first_component: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in first_component.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
 }
 
 impl VolumeSpec {
@@ -56,7 +79,7 @@ impl VolumeSpec {
     /// mount options and reclaim policy, a `claimRef` the PV binder binds to, our annotations
     /// and our finalizer.
     pub fn to_persistent_volume(&self) -> PersistentVolume {
-        let annotations = BTreeMap::from([
+        let mut annotations = BTreeMap::from([
             (
                 ANN_PROVISIONED_BY.to_string(),
                 self.provisioner_name.clone(),
@@ -66,10 +89,18 @@ impl VolumeSpec {
                 self.on_delete.as_str().to_string(),
             ),
         ]);
+        if self.directory_existed {
+            annotations.insert(ANN_DIRECTORY_EXISTED.to_string(), "true".to_string());
+        }
+        let labels = BTreeMap::from([(
+            LABEL_DIRECTORY_TREE.to_string(),
+            self.directory_tree.clone(),
+        )]);
         PersistentVolume {
             metadata: ObjectMeta {
                 name: Some(self.pv_name.clone()),
                 annotations: Some(annotations),
+                labels: Some(labels),
                 finalizers: Some(vec![FINALIZER.to_string()]),
                 ..Default::default()
             },
@@ -132,6 +163,8 @@ mod tests {
             claim_namespace: "trace".into(),
             claim_name: "data-0".into(),
             claim_uid: "f1642948-b212-401b-b5bf-123c03036eaa".into(),
+            directory_existed: false,
+            directory_tree: directory_tree_label("ns"),
         }
     }
 

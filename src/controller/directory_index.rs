@@ -1,11 +1,13 @@
-//! Which cached volumes may point at a directory of a given name.
+//! Which cached volumes may point at a directory, one inside it, or one containing it.
 //!
 //! Before a volume's directory is deleted or archived, the controller checks that no other
-//! PV points at the same directory. Scanning every cached volume for that made deleting N
-//! volumes cost O(N²) (about a quarter of the CPU of a 3000-claim burst). This index maps the
-//! last component of each cached NFS volume's path (the directory's name, which path
-//! normalisation never changes) to the names of those volumes, so the check looks at a
-//! handful of candidates and then judges each one against the cache as before.
+//! PV points at the same directory, at one inside it or at one it lies in. Scanning every
+//! cached volume for that made deleting N volumes cost O(N²) (about a quarter of the CPU of a
+//! 3000-claim burst). This index maps every component of each cached NFS volume's path
+//! (which path normalisation never changes, apart from dropping empty and `.` ones) to the
+//! names of those volumes. A volume at, inside or above directory `a/b/c` has `c`, `a` or `b`
+//! among its components, so the check looks at the candidates of the directory's own
+//! components and judges each one against the cache.
 //!
 //! Safety rests on one property: **the index never lacks a volume the cache holds** (it may
 //! briefly hold more). Both are updated by the same task, for each watch event in order
@@ -21,15 +23,22 @@ use kube::runtime::watcher::Event;
 
 use super::Volume;
 
-/// The last non-empty, non-`.` component of a path.
-pub fn last_component(path: &str) -> Option<&str> {
-    path.rsplit('/').find(|c| !c.is_empty() && *c != ".")
+/// The non-empty, non-`.` components of a path, each once.
+pub fn components(path: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for c in path.split('/').filter(|c| !c.is_empty() && *c != ".") {
+        if !out.iter().any(|o| o == c) {
+            out.push(c.to_string());
+        }
+    }
+    out
 }
 
-/// The directory name a cached volume points at, if it is an NFS volume.
-fn leaf_of(pv: &Volume) -> Option<&str> {
+/// The components of the path a cached volume points at, if it is an NFS volume.
+fn components_of(pv: &Volume) -> Option<Vec<String>> {
     let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
-    last_component(&nfs.path)
+    let components = components(&nfs.path);
+    (!components.is_empty()).then_some(components)
 }
 
 fn name_of(pv: &Volume) -> &str {
@@ -38,37 +47,53 @@ fn name_of(pv: &Volume) -> &str {
 
 #[derive(Default)]
 struct Entries {
-    /// Almost always one name per directory name: a short list, not a set.
-    names_by_leaf: HashMap<String, Vec<String>>,
-    leaf_by_name: HashMap<String, String>,
+    /// Almost always a handful of names per component: a short list, not a set.
+    names_by_component: HashMap<String, Vec<String>>,
+    components_by_name: HashMap<String, Vec<String>>,
 }
 
 impl Entries {
-    /// Adds `name` under `leaf`; returns the leaf it was listed under before, if different
-    /// (still listed: the caller unlinks it once the cache holds the new object).
-    fn add(&mut self, name: &str, leaf: &str) -> Option<String> {
-        let names = self.names_by_leaf.entry(leaf.to_string()).or_default();
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
+    /// Adds `name` under each of `components`; returns the components it was listed under
+    /// before, if different (still listed: the caller unlinks them once the cache holds the
+    /// new object).
+    fn add(&mut self, name: &str, components: &[String]) -> Option<Vec<String>> {
+        for component in components {
+            let names = self
+                .names_by_component
+                .entry(component.clone())
+                .or_default();
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
         }
-        match self.leaf_by_name.insert(name.to_string(), leaf.to_string()) {
-            Some(old) if old != leaf => Some(old),
+        match self
+            .components_by_name
+            .insert(name.to_string(), components.to_vec())
+        {
+            Some(old) if old != components => Some(
+                old.into_iter()
+                    .filter(|c| !components.contains(c))
+                    .collect(),
+            ),
             _ => None,
         }
     }
 
-    fn unlink(&mut self, name: &str, leaf: &str) {
-        if let Some(names) = self.names_by_leaf.get_mut(leaf) {
-            names.retain(|n| n != name);
-            if names.is_empty() {
-                self.names_by_leaf.remove(leaf);
+    /// Removes `name` from the lists of `components` (not from `components_by_name`).
+    fn unlink(&mut self, name: &str, components: &[String]) {
+        for component in components {
+            if let Some(names) = self.names_by_component.get_mut(component) {
+                names.retain(|n| n != name);
+                if names.is_empty() {
+                    self.names_by_component.remove(component);
+                }
             }
         }
     }
 
     fn remove(&mut self, name: &str) {
-        if let Some(leaf) = self.leaf_by_name.remove(name) {
-            self.unlink(name, &leaf);
+        if let Some(components) = self.components_by_name.remove(name) {
+            self.unlink(name, &components);
         }
     }
 }
@@ -97,9 +122,9 @@ impl DirectoryIndex {
         match event {
             Event::Apply(pv) => {
                 let name = name_of(pv);
-                match leaf_of(pv) {
-                    Some(leaf) => {
-                        let previous = self.lock().current.add(name, leaf);
+                match components_of(pv) {
+                    Some(components) => {
+                        let previous = self.lock().current.add(name, &components);
                         writer.apply_watcher_event(event);
                         if let Some(old) = previous {
                             self.lock().current.unlink(name, &old);
@@ -122,13 +147,28 @@ impl DirectoryIndex {
             Event::InitApply(pv) => {
                 let name = name_of(pv);
                 let mut state = self.lock();
-                match leaf_of(pv) {
-                    Some(leaf) => {
+                match components_of(pv) {
+                    Some(components) => {
                         // Also into the current entries: a lookup before `InitDone` still
                         // answers from the old cache, but must not miss what it will hold.
-                        state.current.add(name, leaf);
+                        // (Added only: an old component may stay listed until `InitDone`.)
+                        let current = &mut state.current;
+                        for component in &components {
+                            let names = current
+                                .names_by_component
+                                .entry(component.clone())
+                                .or_default();
+                            if !names.iter().any(|n| n == name) {
+                                names.push(name.to_string());
+                            }
+                        }
+                        current
+                            .components_by_name
+                            .entry(name.to_string())
+                            .or_default()
+                            .extend(components.iter().cloned());
                         let relisted = state.relisted.get_or_insert_with(Entries::default);
-                        if let Some(old) = relisted.add(name, leaf) {
+                        if let Some(old) = relisted.add(name, &components) {
                             relisted.unlink(name, &old);
                         }
                     }
@@ -151,13 +191,13 @@ impl DirectoryIndex {
         }
     }
 
-    /// Names of cached volumes that may point at a directory named `leaf`. Every cached
-    /// volume that does is among them; callers judge each one against the cache.
-    pub fn candidates(&self, leaf: &str) -> Vec<String> {
+    /// Names of cached volumes whose path has `component` among its components. Every
+    /// cached volume that does is among them; callers judge each one against the cache.
+    pub fn candidates(&self, component: &str) -> Vec<String> {
         self.lock()
             .current
-            .names_by_leaf
-            .get(leaf)
+            .names_by_component
+            .get(component)
             .cloned()
             .unwrap_or_default()
     }
@@ -182,12 +222,12 @@ mod tests {
     /// cached volume pointing at it is a candidate.
     fn assert_covers(index: &DirectoryIndex, store: &Store<Volume>) {
         for cached in store.state() {
-            if let Some(leaf) = leaf_of(&cached) {
+            for component in components_of(&cached).unwrap_or_default() {
                 assert!(
                     index
-                        .candidates(leaf)
+                        .candidates(&component)
                         .contains(&name_of(&cached).to_string()),
-                    "{} under {leaf} is cached but not indexed",
+                    "{} under {component} is cached but not indexed",
                     name_of(&cached)
                 );
             }
@@ -230,6 +270,7 @@ mod tests {
         assert!(index.candidates("ns-a").is_empty());
         assert!(index.candidates("ns-b").is_empty(), "c was not relisted");
         assert_eq!(index.candidates("elsewhere"), vec!["a".to_string()]);
+        assert_eq!(index.candidates("exports"), vec!["a".to_string()]);
     }
 
     #[derive(Clone, Debug)]
@@ -249,7 +290,14 @@ mod tests {
     }
 
     fn volume(n: u8, leaf: Option<u8>) -> Volume {
-        let path = leaf.map(|l| format!("/exports/dir-{l}"));
+        // Some nested: dir-0 contains dir-2 (as `/exports/dir-0/dir-2`).
+        let path = leaf.map(|l| {
+            if l == 2 {
+                "/exports/dir-0/dir-2".to_string()
+            } else {
+                format!("/exports/dir-{l}")
+            }
+        });
         pv(&format!("pv-{n}"), path.as_deref())
     }
 
@@ -277,10 +325,10 @@ mod tests {
                 }
                 // Between steps the index holds exactly the cache's NFS volumes.
                 let state = index.lock();
-                let cached = store.state().iter().filter(|v| leaf_of(v).is_some()).count();
-                prop_assert_eq!(state.current.leaf_by_name.len(), cached);
-                let listed: usize = state.current.names_by_leaf.values().map(Vec::len).sum();
-                prop_assert_eq!(listed, cached);
+                let cached: Vec<_> = store.state().into_iter().filter_map(|v| components_of(&v)).collect();
+                prop_assert_eq!(state.current.components_by_name.len(), cached.len());
+                let listed: usize = state.current.names_by_component.values().map(Vec::len).sum();
+                prop_assert_eq!(listed, cached.iter().map(Vec::len).sum::<usize>());
             }
         }
     }

@@ -17,8 +17,10 @@ use crate::metrics::Metrics;
 pub const REASON_PROVISIONING_SUCCEEDED: &str = "ProvisioningSucceeded";
 pub const REASON_PROVISIONING_FAILED: &str = "ProvisioningFailed";
 pub const REASON_VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
-/// A directory left in place because another PV still uses it.
+/// A directory left in place because another PV uses it, a directory inside it or one above it.
 pub const REASON_DIRECTORY_SHARED: &str = "VolumeDirectoryShared";
+/// A directory left in place because it existed before the volume was provisioned.
+pub const REASON_DATA_PREDATES_VOLUME: &str = "VolumeDataPredatesVolume";
 
 /// Namespace of Events about cluster-scoped objects (PVs). v1.19 accepts such an Event only in
 /// `kube-system` (422 "involvedObject.namespace: does not match event.namespace" in `default`),
@@ -166,7 +168,9 @@ impl EventPublisher {
         let now = Timestamp::now();
         let controller = &self.reporter.controller;
         let action = match reason {
-            REASON_VOLUME_FAILED_DELETE | REASON_DIRECTORY_SHARED => "Delete",
+            REASON_VOLUME_FAILED_DELETE | REASON_DIRECTORY_SHARED | REASON_DATA_PREDATES_VOLUME => {
+                "Delete"
+            }
             _ => "Provision",
         };
         K8sEvent {

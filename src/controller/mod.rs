@@ -7,10 +7,13 @@
 
 pub mod cache;
 mod directory_index;
+mod directory_locks;
 mod events;
+mod orphans;
 mod provision;
 pub mod queue;
 mod reclaim;
+mod volume_overlap;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +34,9 @@ use crate::storage::{NfsRoot, StorageError};
 
 pub use cache::{Claim, Volume};
 pub use directory_index::DirectoryIndex;
+pub use directory_locks::DirectoryLocks;
 pub use events::EventPublisher;
+pub use orphans::sweep as sweep_orphans;
 use queue::WorkQueue;
 
 /// One unit of work: a claim to provision or a volume to look after.
@@ -51,8 +56,10 @@ pub struct Context {
     pub root: NfsRoot,
     pub claims: Store<Claim>,
     pub volumes: Store<Volume>,
-    /// Directory name → cached volumes pointing at such a directory (shared-directory check).
+    /// Path component → cached volumes whose path has it (overlapping-directory check).
     pub directories: Arc<DirectoryIndex>,
+    /// One owner at a time per directory tree (provisioning, reclaim, orphan sweep).
+    pub directory_locks: Arc<DirectoryLocks>,
     pub classes: Store<StorageClass>,
     pub events: EventPublisher,
     pub metrics: Metrics,

@@ -17,7 +17,7 @@ use super::{Claim, Context, Error, Next, Result, claim_may_need_a_volume};
 use crate::parameters::{ClassParameters, DirectoryPermissions};
 use crate::persistent_volume::{
     ANN_SELECTED_NODE, ANN_STORAGE_CLASS_BETA, ANN_STORAGE_PROVISIONER,
-    ANN_STORAGE_PROVISIONER_BETA, VolumeSpec, pv_name_for, requested_storage,
+    ANN_STORAGE_PROVISIONER_BETA, VolumeSpec, directory_tree_label, pv_name_for, requested_storage,
 };
 use crate::planning::{VolumeRequest, plan_directory};
 use crate::storage::CreateOutcome;
@@ -170,15 +170,42 @@ async fn provision(
     // doubled the event writes per claim, and a claim's outcome is always reported, as
     // `ProvisioningSucceeded` or as a `ProvisioningFailed` Warning per failed attempt.
 
-    match ctx
+    // One owner per directory tree until the PV exists: a reclaim of the same (or a nested)
+    // directory never runs meanwhile.
+    let _owner = ctx.directory_locks.acquire(&directory).await;
+    let uid = request.claim_uid.as_str();
+    // Whether the directory existed before this volume decides what its delete policy may do
+    // later. An earlier attempt of this claim that created it left a journal entry, so it
+    // still counts as created here; the entry also lets the orphan sweep find a directory
+    // whose claim goes away before its PV is made.
+    let existed_before = if ctx.root.volume_dir_exists(&directory, term).await? {
+        let journal = ctx.root.journal_entries(term).await?;
+        !journal.iter().any(|(k, d)| k == uid && *d == directory)
+    } else {
+        ctx.root.journal_record(uid, &directory, term).await?;
+        false
+    };
+    let directory_existed = match ctx
         .root
         .create_volume_dir(&directory, &permissions, &parent_permissions, term)
         .await?
     {
-        CreateOutcome::Created => info!(directory = %directory, "created volume directory"),
-        CreateOutcome::AlreadyExisted => {
-            info!(directory = %directory, "volume directory already exists; using it as it is")
+        CreateOutcome::Created => {
+            info!(directory = %directory, "created volume directory");
+            false
         }
+        CreateOutcome::AlreadyExisted if existed_before => {
+            info!(directory = %directory, "volume directory already exists; using it as it is, and its delete policy will keep it");
+            true
+        }
+        CreateOutcome::AlreadyExisted => {
+            info!(directory = %directory, "volume directory created by an earlier attempt");
+            false
+        }
+    };
+    if directory_existed {
+        // Not created for this claim: nothing to clean up if the claim goes away.
+        ctx.root.journal_remove(uid, term).await?;
     }
 
     let spec = VolumeSpec {
@@ -202,6 +229,8 @@ async fn provision(
         claim_namespace: request.namespace.clone(),
         claim_name: request.claim_name.clone(),
         claim_uid: request.claim_uid.clone(),
+        directory_existed,
+        directory_tree: directory_tree_label(directory.components().next().unwrap_or_default()),
     };
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     match api
@@ -221,6 +250,8 @@ async fn provision(
         }
         Err(e) => return Err(e.into()),
     }
+    // The PV exists: its reclaim owns the directory from now on.
+    ctx.root.journal_remove(uid, term).await?;
     info!(path = %spec.nfs_path, "provisioned volume");
     // The event is written in the background: the worker moves on to the next claim instead
     // of waiting for a write that only people read.

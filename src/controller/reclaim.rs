@@ -6,7 +6,8 @@
 //! * The policy recorded on the PV at provisioning wins. PVs without it (made by the Go
 //!   provisioner) take it from their class at delete time, and are archived when the class
 //!   is gone.
-//! * A directory another PV points at is left alone.
+//! * A directory another PV points at, or one inside or above it, is left alone
+//!   (`volume_overlap`), and so is a directory that existed before the volume.
 //! * `Retain` reclaim keeps both the PV and the data.
 
 use std::time::Instant;
@@ -20,11 +21,14 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::events::{REASON_DIRECTORY_SHARED, REASON_VOLUME_FAILED_DELETE};
+use super::events::{
+    REASON_DATA_PREDATES_VOLUME, REASON_DIRECTORY_SHARED, REASON_VOLUME_FAILED_DELETE,
+};
+use super::volume_overlap;
 use super::{Context, Error, Next, Result, Volume};
 use crate::parameters::{ClassParameters, OnDelete};
-use crate::persistent_volume::{ANN_ON_DELETE, FINALIZER};
-use crate::planning::{VolumeDirectory, archive_directory};
+use crate::persistent_volume::{ANN_DIRECTORY_EXISTED, ANN_ON_DELETE, FINALIZER};
+use crate::planning::archive_directory;
 use crate::storage::{ArchiveOutcome, RemoveOutcome};
 
 fn phase(pv: &Volume) -> &str {
@@ -192,22 +196,43 @@ async fn reclaim(
                 path: nfs.path.clone(),
                 source,
             })?;
-    if let Some(other) = other_volume_using(ctx, pv, &directory) {
+    if pv
+        .annotations()
+        .get(ANN_DIRECTORY_EXISTED)
+        .map(String::as_str)
+        == Some("true")
+    {
+        // Data that predates the volume is not the volume's to delete, archive or move.
         let note = format!(
-            "directory {directory} is also used by PV {other}; it was neither deleted nor archived"
+            "directory {directory} existed before this volume was provisioned, so its data is not this volume's alone; it was kept in place (delete policy {policy} not applied)"
         );
-        warn!(%directory, other_pv = %other, "leaving a shared directory in place");
+        warn!(%directory, "keeping a directory that existed before the volume");
+        ctx.events
+            .on_volume(pv, EventType::Warning, REASON_DATA_PREDATES_VOLUME, note)
+            .await;
+        return Ok(());
+    }
+    let me = pv.name_any();
+    // One owner per directory tree from here until the directory is gone: a claim recreated
+    // meanwhile waits for it instead of getting a directory that is being deleted.
+    let _owner = ctx.directory_locks.acquire(&directory).await;
+    let overlap = match volume_overlap::in_cache(ctx, &me, &directory) {
+        Some(overlap) => Some(overlap),
+        None => volume_overlap::in_api(ctx, &me, &directory).await?,
+    };
+    if let Some(overlap) = overlap {
+        let note = format!("directory {directory} was neither deleted nor archived: {overlap}");
+        warn!(%directory, other_pv = %overlap.pv, relation = ?overlap.relation, "leaving a directory another volume uses in place");
         ctx.events
             .on_volume(pv, EventType::Warning, REASON_DIRECTORY_SHARED, note)
             .await;
         return Ok(());
     }
+    // No PV points at this directory, inside it or above it (checked just now, under the
+    // directory's lock), so parent cleanup meets no other volume's directory.
+    let keep = Vec::new();
     match policy {
-        OnDelete::Delete => match ctx
-            .root
-            .delete_volume_dir(&directory, Vec::new(), term)
-            .await?
-        {
+        OnDelete::Delete => match ctx.root.delete_volume_dir(&directory, keep, term).await? {
             RemoveOutcome::Removed => info!(%directory, "deleted volume directory"),
             RemoveOutcome::AlreadyGone => info!(%directory, "volume directory already gone"),
         },
@@ -218,7 +243,7 @@ async fn reclaim(
             let archive = archive_directory(&directory, namespace, claim_name, &pv.name_any());
             match ctx
                 .root
-                .archive_volume_dir(&directory, &archive, Vec::new(), term)
+                .archive_volume_dir(&directory, &archive, keep, term)
                 .await?
             {
                 ArchiveOutcome::Archived { to } => {
@@ -260,30 +285,6 @@ fn delete_policy(ctx: &Context, pv: &Volume) -> Result<OnDelete> {
             }
         })?;
     Ok(parameters.on_delete)
-}
-
-/// Another PV (any state, any provisioner) whose NFS source is the same directory.
-fn other_volume_using(ctx: &Context, pv: &Volume, directory: &VolumeDirectory) -> Option<String> {
-    // Only volumes whose path ends in the same directory name can point at the same
-    // directory (normalisation never changes the last component); the index lists every
-    // cached one, and each candidate is judged against the cache as it is now.
-    let me = pv.metadata.name.as_deref().unwrap_or("");
-    ctx.directories
-        .candidates(directory.name())
-        .into_iter()
-        .filter(|name| name != me)
-        .find(|name| {
-            ctx.volumes
-                .get(&ObjectRef::new(name))
-                .and_then(|other| other.spec.as_ref().and_then(|s| s.nfs.clone()))
-                .is_some_and(|nfs| {
-                    nfs.server == ctx.nfs_server
-                        && ctx
-                            .export
-                            .directory_of(&nfs.path)
-                            .is_ok_and(|theirs| theirs == *directory)
-                })
-        })
 }
 
 async fn add_finalizer(api: &Api<Volume>, pv: &Volume) -> Result<()> {

@@ -485,10 +485,12 @@ pub fn entries(root: &Path) -> Vec<String> {
         for e in rd.flatten() {
             // The readiness probe creates and removes a marker beneath the root every few
             // seconds; a listing can catch it in between.
-            if e.file_name()
-                .to_string_lossy()
-                .starts_with(".nfs-provisioner-probe-")
-            {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".nfs-provisioner-probe-") {
+                continue;
+            }
+            // The orphan journal's directory: provisioner bookkeeping, not a volume.
+            if name == nfs_provisioner::planning::JOURNAL_DIRECTORY {
                 continue;
             }
             let p = e.path();
