@@ -10,6 +10,7 @@
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::Api;
+use kube::api::ListParams;
 use kube::runtime::reflector::ObjectRef;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -63,7 +64,9 @@ async fn handle(
     }
     let _owner = ctx.directory_locks.acquire(directory).await;
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
-    if api.get_opt(&pv_name).await?.is_some() {
+    // A list by name, not a get: `list` is what the RBAC already grants for PVs.
+    let named = ListParams::default().fields(&format!("metadata.name={pv_name}"));
+    if !api.list(&named).await?.items.is_empty() {
         ctx.root.journal_remove(uid, term).await?;
         return Ok(());
     }

@@ -261,3 +261,160 @@ async fn a_v1_19_control_plane_with_only_the_beta_annotation_is_served() {
     assert!(entries(root.path()).is_empty());
     p.stop();
 }
+
+/// Crash after the directory was created, before its PV: the claim is deleted while the
+/// provisioner is down. After the restart the orphaned directory is found (orphan journal)
+/// and archived with what was written into it, never deleted; nothing else changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_whose_claim_vanished_before_its_volume_is_archived_after_a_restart() {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c
+        .create_class("orphan", &[("onDelete", "delete")], "Delete")
+        .await;
+    // The PV create is lost (connection closed, nothing applied); the kill comes before the
+    // retry (the first retry waits a second).
+    let fault = fake.add_fault(
+        Fault::new(FaultAction::DropConnection)
+            .verb("create")
+            .resource("persistentvolumes")
+            .times(1),
+    );
+    let first =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let claim = c.create_claim(&TestCluster::claim("ghost", &class)).await;
+    let uid = claim.uid().unwrap();
+    fault.triggered().await;
+    first.kill();
+    fake.clear_faults();
+    let created = entries(root.path());
+    assert_eq!(created.len(), 1, "the directory was created: {created:?}");
+    std::fs::write(root.path().join(&created[0]).join("written"), b"x").unwrap();
+    c.delete_claim("ghost").await;
+    c.eventually("claim gone", || async {
+        c.claims()
+            .get_opt("ghost")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    let second =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let archive = c
+        .eventually("the orphan archived", || async {
+            let now = entries(root.path());
+            now.iter()
+                .find(|e| e.starts_with(&format!("archived-orphan-{uid}")) && !e.contains('/'))
+                .cloned()
+        })
+        .await;
+    assert!(
+        root.path().join(&archive).join("written").is_file(),
+        "archived with its contents"
+    );
+    assert!(
+        !root.path().join(&created[0]).exists(),
+        "no longer at the volume path"
+    );
+    assert!(c.our_volumes().await.is_empty(), "no PV was made for it");
+    let denied = fake.denied_requests();
+    assert!(denied.is_empty(), "requests denied by rbac/: {denied:?}");
+    assert!(
+        !root
+            .path()
+            .join(nfs_provisioner::planning::JOURNAL_DIRECTORY)
+            .join(&uid)
+            .exists(),
+        "journal entry removed"
+    );
+    second.stop();
+}
+
+/// A claim recreated with the same name while its old volume's directory is being deleted
+/// (the delete held back at its first step): the new volume waits for the delete and gets a
+/// fresh directory, which the old delete never touches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_recreated_during_its_old_volumes_delete_keeps_its_new_directory() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let c = TestCluster::fake(Options::default()).await;
+    let root = tempfile::tempdir().unwrap();
+    let class = c
+        .create_class(
+            "race",
+            &[
+                ("pathPattern", "${.PVC.namespace}/${.PVC.name}"),
+                ("onDelete", "delete"),
+            ],
+            "Delete",
+        )
+        .await;
+    let holding = Arc::new(AtomicBool::new(false));
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let started_tx = std::sync::Mutex::new(Some(started_tx));
+    let hold = holding.clone();
+    let instrumentation = nfs_provisioner::app::Instrumentation {
+        // The first delete step waits while `holding` is set.
+        nfs_fault_hook: Some(Arc::new(move |op: &str, _path: &str| {
+            if op == "delete" && hold.load(Ordering::SeqCst) {
+                if let Some(tx) = started_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                while hold.load(Ordering::SeqCst) {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+        })),
+    };
+    let p = RunningProvisioner::start_instrumented(
+        &c.provisioner_options(root.path()),
+        c.provisioner_config(),
+        instrumentation,
+    );
+    c.create_claim(&TestCluster::claim("db", &class)).await;
+    let old = c.wait_bound("db").await;
+    let dir = root.path().join(format!("{}/db", c.namespace));
+    std::fs::write(dir.join("old"), b"old").unwrap();
+
+    holding.store(true, Ordering::SeqCst);
+    c.delete_claim("db").await;
+    tokio::task::spawn_blocking(move || started_rx.recv().expect("delete started"))
+        .await
+        .unwrap();
+    c.eventually("old claim gone", || async {
+        c.claims().get_opt("db").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    c.create_claim(&TestCluster::claim("db", &class)).await;
+    // The new claim must not be provisioned on the directory being deleted.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    holding.store(false, Ordering::SeqCst);
+
+    c.wait_volume_gone(&old.name_any()).await;
+    let new = c.wait_bound("db").await;
+    assert_ne!(new.name_any(), old.name_any());
+    assert!(dir.is_dir(), "the new volume's directory exists");
+    assert!(
+        !dir.join("old").exists(),
+        "a fresh directory, not the old data"
+    );
+    assert_eq!(
+        new.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("nfs-provisioner.io/directory-existed")),
+        None,
+        "created for the new volume"
+    );
+    std::fs::write(dir.join("new"), b"new").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        dir.join("new").is_file(),
+        "nothing deletes the new volume's data"
+    );
+    p.stop();
+}

@@ -749,3 +749,209 @@ async fn a_volume_of_another_export_is_never_touched() {
     );
     s.finish().await;
 }
+
+/// Nested both ways: class `outer` puts a claim's volume at `<ns>/shared`, class `inner` at
+/// `<ns>/shared/<claim>`. Deleting either while the other exists keeps its directory in place
+/// (with an event naming the other PV); no live data of one volume goes with the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_volumes_never_delete_each_other() {
+    let s = Scenario::start("nested").await;
+    let c = &s.cluster;
+    let outer = c
+        .create_class(
+            "outer",
+            &[
+                ("pathPattern", "${.PVC.namespace}/shared"),
+                ("onDelete", "delete"),
+            ],
+            "Delete",
+        )
+        .await;
+    let inner = c
+        .create_class(
+            "inner",
+            &[
+                ("pathPattern", "${.PVC.namespace}/shared/${.PVC.name}"),
+                ("onDelete", "delete"),
+            ],
+            "Delete",
+        )
+        .await;
+    c.create_claim(&TestCluster::claim("a", &outer)).await;
+    let outer_pv = c.wait_bound("a").await;
+    c.create_claim(&TestCluster::claim("b", &inner)).await;
+    let inner_pv = c.wait_bound("b").await;
+    let shared = format!("{}/shared", c.namespace);
+    std::fs::write(s.dir(&shared).join("outer-data"), b"a").unwrap();
+    std::fs::write(s.dir(&format!("{shared}/b")).join("inner-data"), b"b").unwrap();
+
+    // The outer volume contains the inner one's directory: kept.
+    c.delete_claim("a").await;
+    c.wait_volume_gone(&outer_pv.name_any()).await;
+    let note = c
+        .wait_volume_event(&outer_pv.name_any(), "VolumeDirectoryShared")
+        .await;
+    assert!(note.contains(&inner_pv.name_any()), "{note}");
+    assert!(
+        s.dir(&format!("{shared}/b/inner-data")).is_file(),
+        "inner volume's data kept"
+    );
+    assert!(
+        s.dir(&format!("{shared}/outer-data")).is_file(),
+        "outer directory kept"
+    );
+
+    // A new outer volume on the kept directory, then the inner one goes: it lies inside the
+    // outer volume's directory, so it is kept too.
+    c.create_claim(&TestCluster::claim("a2", &outer)).await;
+    let outer2 = c.wait_bound("a2").await;
+    c.delete_claim("b").await;
+    c.wait_volume_gone(&inner_pv.name_any()).await;
+    let note = c
+        .wait_volume_event(&inner_pv.name_any(), "VolumeDirectoryShared")
+        .await;
+    assert!(note.contains(&outer2.name_any()), "{note}");
+    assert!(
+        s.dir(&format!("{shared}/b/inner-data")).is_file(),
+        "inner data kept"
+    );
+
+    // The second outer volume found the directory in place: its data predates it, so its
+    // delete keeps it as well.
+    c.delete_claim("a2").await;
+    c.wait_volume_gone(&outer2.name_any()).await;
+    c.wait_volume_event(&outer2.name_any(), "VolumeDataPredatesVolume")
+        .await;
+    assert!(s.dir(&format!("{shared}/outer-data")).is_file());
+    s.finish().await;
+}
+
+/// Class `keep` retains, class `scratch` deletes, both at `<ns>/<claim>`. The data `keep`
+/// promised to keep survives a `scratch` claim of the same name reusing and deleting it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_kept_by_retain_survives_a_deleting_class_reusing_its_directory() {
+    let s = Scenario::start("reuse").await;
+    let c = &s.cluster;
+    let pattern = ("pathPattern", "${.PVC.namespace}/${.PVC.name}");
+    let keep = c
+        .create_class("keep", &[pattern, ("onDelete", "retain")], "Delete")
+        .await;
+    let scratch = c
+        .create_class("scratch", &[pattern, ("onDelete", "delete")], "Delete")
+        .await;
+    c.create_claim(&TestCluster::claim("db", &keep)).await;
+    let kept_pv = c.wait_bound("db").await;
+    let dir = format!("{}/db", c.namespace);
+    std::fs::write(s.dir(&dir).join("precious"), b"data").unwrap();
+    c.delete_claim("db").await;
+    c.wait_volume_gone(&kept_pv.name_any()).await;
+    assert!(
+        s.dir(&dir).join("precious").is_file(),
+        "retain kept the data"
+    );
+
+    c.eventually("claim db gone", || async {
+        c.claims().get_opt("db").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    c.create_claim(&TestCluster::claim("db", &scratch)).await;
+    let reused = c.wait_bound("db").await;
+    assert_eq!(
+        reused
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("nfs-provisioner.io/directory-existed"))
+            .map(String::as_str),
+        Some("true"),
+        "the PV records that its directory existed"
+    );
+    c.delete_claim("db").await;
+    c.wait_volume_gone(&reused.name_any()).await;
+    let note = c
+        .wait_volume_event(&reused.name_any(), "VolumeDataPredatesVolume")
+        .await;
+    assert!(note.contains(&dir), "{note}");
+    assert!(
+        s.dir(&dir).join("precious").is_file(),
+        "the kept data is still there"
+    );
+    s.finish().await;
+}
+
+/// A claim's mode annotation applies to its own directory only: template parents it
+/// creates take the class's mode.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_parents_take_the_class_mode_never_a_claims() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = Scenario::start("parent-mode").await;
+    let c = &s.cluster;
+    let class = c
+        .create_class(
+            "tiers",
+            &[
+                (
+                    "pathPattern",
+                    "${.PVC.namespace}/${.PVC.labels.tier}/${.PVC.name}",
+                ),
+                ("directoryMode", "0755"),
+                ("onDelete", "delete"),
+            ],
+            "Delete",
+        )
+        .await;
+    let mut claim = TestCluster::claim("locked", &class);
+    claim.metadata.labels = Some(BTreeMap::from([("tier".into(), "gold".into())]));
+    claim.metadata.annotations = Some(BTreeMap::from([(
+        "k8s-sigs.io/nfs-directory-mode".into(),
+        "0700".into(),
+    )]));
+    c.create_claim(&claim).await;
+    let pv = c.wait_bound("locked").await;
+    let mode = |rel: &str| std::fs::metadata(s.dir(rel)).unwrap().permissions().mode() & 0o7777;
+    let tier = format!("{}/gold", c.namespace);
+    assert_eq!(
+        mode(&format!("{tier}/locked")),
+        0o700,
+        "the claim's own directory"
+    );
+    assert_eq!(
+        mode(&tier),
+        0o755,
+        "the shared parent takes the class's mode"
+    );
+    assert_eq!(mode(&c.namespace), 0o755);
+    c.delete_claim("locked").await;
+    c.wait_volume_gone(&pv.name_any()).await;
+    s.finish().await;
+}
+
+/// `archiveOnDelete` written for the Go provisioner with any of Go's boolean spellings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archive_on_delete_takes_every_go_boolean() {
+    let s = Scenario::start("go-bool").await;
+    let c = &s.cluster;
+    let deleting = c
+        .create_class("bool-f", &[("archiveOnDelete", "F")], "Delete")
+        .await;
+    let archiving = c
+        .create_class("bool-1", &[("archiveOnDelete", "1")], "Delete")
+        .await;
+    c.create_claim(&TestCluster::claim("gone", &deleting)).await;
+    c.create_claim(&TestCluster::claim("kept", &archiving))
+        .await;
+    let gone = c.wait_bound("gone").await;
+    let kept = c.wait_bound("kept").await;
+    let kept_dir = s.default_dir("kept", &kept);
+    c.delete_claim("gone").await;
+    c.delete_claim("kept").await;
+    c.wait_volume_gone(&gone.name_any()).await;
+    c.wait_volume_gone(&kept.name_any()).await;
+    let left = entries(s.root.path());
+    assert_eq!(left.len(), 1, "one archive, the deleted one gone: {left:?}");
+    assert!(
+        left[0].starts_with(&format!("archived-{}-kept-", c.namespace)),
+        "{left:?} (was {kept_dir})"
+    );
+    s.finish().await;
+}
