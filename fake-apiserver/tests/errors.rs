@@ -258,46 +258,60 @@ async fn bad_requests() {
     assert_eq!(r.status, 404);
 }
 
+/// A fake imitating the trace case's `version`.
+async fn server_as(case: &Value) -> fake_apiserver::FakeApiServer {
+    let version = match case["version"].as_str().unwrap() {
+        "v1.19" => fake_apiserver::KubeVersion::V1_19,
+        _ => fake_apiserver::KubeVersion::V1_33,
+    };
+    server_with(Options {
+        kube_version: version,
+        ..Options::default()
+    })
+    .await
+}
+
+/// The Event the traces posted: about PV `pv-trace`, named `pv-trace.<ns>`.
+fn pv_event(ns: &str) -> Value {
+    json!({
+        "apiVersion": "events.k8s.io/v1", "kind": "Event",
+        "metadata": {"name": format!("pv-trace.{ns}"), "namespace": ns},
+        "eventTime": "2026-12-02T12:00:00.000000Z",
+        "reportingController": "example.com/nfs", "reportingInstance": "example.com/nfs-1",
+        "action": "Delete", "reason": "VolumeFailedDelete", "type": "Warning", "note": "trace",
+        "regarding": {"apiVersion": "v1", "kind": "PersistentVolume", "name": "pv-trace"}
+    })
+}
+
+/// The response matches the trace case: status, and for a 422 message and causes.
+fn assert_matches_trace(r: &RawResponse, case: &Value) {
+    assert_eq!(r.status as u64, case["code"].as_u64().unwrap(), "{case}");
+    if r.status == 422 {
+        let body = r.json();
+        assert_eq!(body["message"], case["message"], "{case}");
+        assert_eq!(body["details"]["causes"], case["causes"], "{case}");
+    }
+}
+
 /// An Event about a PV (cluster-scoped) is accepted or refused per namespace exactly as the
 /// real v1.19 and v1.33 servers did (`fixtures/events-cluster-scoped.json`).
 #[tokio::test]
 async fn events_about_cluster_scoped_objects_follow_each_version() {
     let trace: Value = serde_json::from_str(&fixture("events-cluster-scoped.json")).unwrap();
     for case in trace["results"].as_array().unwrap() {
-        let version = match case["version"].as_str().unwrap() {
-            "v1.19" => fake_apiserver::KubeVersion::V1_19,
-            _ => fake_apiserver::KubeVersion::V1_33,
-        };
-        let srv = server_with(Options {
-            kube_version: version,
-            ..Options::default()
-        })
-        .await;
+        let srv = server_as(case).await;
         let t = srv.token_for("admin");
         let ns = case["namespace"].as_str().unwrap();
-        let event = json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": format!("pv-trace.{ns}"), "namespace": ns},
-            "eventTime": "2026-12-02T12:00:00.000000Z",
-            "reportingController": "example.com/nfs", "reportingInstance": "example.com/nfs-1",
-            "action": "Delete", "reason": "VolumeFailedDelete", "type": "Warning", "note": "trace",
-            "regarding": {"apiVersion": "v1", "kind": "PersistentVolume", "name": "pv-trace"}
-        });
         let r = raw(
             &srv,
             "POST",
             &format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
             Some(&t),
             Some("application/json"),
-            Some(&event),
+            Some(&pv_event(ns)),
         )
         .await;
-        assert_eq!(r.status as u64, case["code"].as_u64().unwrap(), "{case}");
-        if r.status == 422 {
-            let body = r.json();
-            assert_eq!(body["message"], case["message"], "{case}");
-            assert_eq!(body["details"]["causes"], case["causes"], "{case}");
-        }
+        assert_matches_trace(&r, case);
     }
 }
 
@@ -306,27 +320,19 @@ async fn events_about_cluster_scoped_objects_follow_each_version() {
 async fn event_notes_are_immutable_where_the_real_server_says_so() {
     let trace: Value = serde_json::from_str(&fixture("events-cluster-scoped.json")).unwrap();
     for case in trace["note_update"]["results"].as_array().unwrap() {
-        let version = match case["version"].as_str().unwrap() {
-            "v1.19" => fake_apiserver::KubeVersion::V1_19,
-            _ => fake_apiserver::KubeVersion::V1_33,
-        };
-        let srv = server_with(Options {
-            kube_version: version,
-            ..Options::default()
-        })
-        .await;
+        let srv = server_as(case).await;
         let t = srv.token_for("admin");
-        let ct = Some("application/json");
-        let event = json!({
-            "apiVersion": "events.k8s.io/v1", "kind": "Event",
-            "metadata": {"name": "pv-trace.kube-system", "namespace": "kube-system"},
-            "eventTime": "2026-12-02T12:00:00.000000Z",
-            "reportingController": "example.com/nfs", "reportingInstance": "example.com/nfs-1",
-            "action": "Delete", "reason": "VolumeFailedDelete", "type": "Warning", "note": "trace",
-            "regarding": {"apiVersion": "v1", "kind": "PersistentVolume", "name": "pv-trace"}
-        });
         let path = "/apis/events.k8s.io/v1/namespaces/kube-system/events";
-        let r = raw(&srv, "POST", path, Some(&t), ct, Some(&event)).await;
+        let ct = Some("application/json");
+        let r = raw(
+            &srv,
+            "POST",
+            path,
+            Some(&t),
+            ct,
+            Some(&pv_event("kube-system")),
+        )
+        .await;
         assert_eq!(r.status, 201);
         let patch = json!({"series": {"count": 2, "lastObservedTime": "2026-12-02T12:00:05.000000Z"}, "note": "changed"});
         let r = raw(
@@ -338,11 +344,6 @@ async fn event_notes_are_immutable_where_the_real_server_says_so() {
             Some(&patch),
         )
         .await;
-        assert_eq!(r.status as u64, case["code"].as_u64().unwrap(), "{case}");
-        if r.status == 422 {
-            let body = r.json();
-            assert_eq!(body["message"], case["message"], "{case}");
-            assert_eq!(body["details"]["causes"], case["causes"], "{case}");
-        }
+        assert_matches_trace(&r, case);
     }
 }

@@ -57,15 +57,7 @@ impl Entries {
     /// before, if different (still listed: the caller unlinks them once the cache holds the
     /// new object).
     fn add(&mut self, name: &str, components: &[String]) -> Option<Vec<String>> {
-        for component in components {
-            let names = self
-                .names_by_component
-                .entry(component.clone())
-                .or_default();
-            if !names.iter().any(|n| n == name) {
-                names.push(name.to_string());
-            }
-        }
+        self.list_under(name, components);
         match self
             .components_by_name
             .insert(name.to_string(), components.to_vec())
@@ -76,6 +68,19 @@ impl Entries {
                     .collect(),
             ),
             _ => None,
+        }
+    }
+
+    /// Lists `name` under each of `components` (no other bookkeeping).
+    fn list_under(&mut self, name: &str, components: &[String]) {
+        for component in components {
+            let names = self
+                .names_by_component
+                .entry(component.clone())
+                .or_default();
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_string());
+            }
         }
     }
 
@@ -153,15 +158,7 @@ impl DirectoryIndex {
                         // answers from the old cache, but must not miss what it will hold.
                         // (Added only: an old component may stay listed until `InitDone`.)
                         let current = &mut state.current;
-                        for component in &components {
-                            let names = current
-                                .names_by_component
-                                .entry(component.clone())
-                                .or_default();
-                            if !names.iter().any(|n| n == name) {
-                                names.push(name.to_string());
-                            }
-                        }
+                        current.list_under(name, &components);
                         current
                             .components_by_name
                             .entry(name.to_string())

@@ -13,43 +13,33 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
+use super::volume_overlap::relation;
 use crate::planning::VolumeDirectory;
 
 #[derive(Default)]
 pub struct DirectoryLocks {
-    held: Mutex<Vec<String>>,
+    held: Mutex<Vec<VolumeDirectory>>,
     released: Notify,
 }
 
 /// Releases its directory when dropped.
 pub struct DirectoryGuard {
     locks: Arc<DirectoryLocks>,
-    path: String,
-}
-
-/// `a` and `b` are the same directory or one lies inside the other.
-fn overlap(a: &str, b: &str) -> bool {
-    let inside = |inner: &str, outer: &str| {
-        inner.len() > outer.len()
-            && inner.starts_with(outer)
-            && inner.as_bytes()[outer.len()] == b'/'
-    };
-    a == b || inside(a, b) || inside(b, a)
+    dir: VolumeDirectory,
 }
 
 impl DirectoryLocks {
     /// Waits until no overlapping directory is held, then holds `dir`.
     pub async fn acquire(self: &Arc<Self>, dir: &VolumeDirectory) -> DirectoryGuard {
-        let path = dir.as_str().to_string();
         loop {
             let released = self.released.notified();
             {
                 let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-                if !held.iter().any(|h| overlap(h, &path)) {
-                    held.push(path.clone());
+                if !held.iter().any(|h| relation(h, dir).is_some()) {
+                    held.push(dir.clone());
                     return DirectoryGuard {
                         locks: self.clone(),
-                        path,
+                        dir: dir.clone(),
                     };
                 }
             }
@@ -61,7 +51,7 @@ impl DirectoryLocks {
 impl Drop for DirectoryGuard {
     fn drop(&mut self) {
         let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(i) = held.iter().position(|h| *h == self.path) {
+        if let Some(i) = held.iter().position(|h| *h == self.dir) {
             held.swap_remove(i);
         }
         drop(held);
@@ -78,15 +68,6 @@ mod tests {
         VolumeDirectory::parse(p).unwrap()
     }
 
-    #[test]
-    fn overlap_is_same_or_nested_never_a_shared_prefix() {
-        assert!(overlap("a/b", "a/b"));
-        assert!(overlap("a/b", "a/b/c"));
-        assert!(overlap("a/b/c", "a"));
-        assert!(!overlap("a/b", "a/bc"));
-        assert!(!overlap("a/b", "a/c"));
-    }
-
     #[tokio::test]
     async fn nested_directories_wait_for_each_other_and_others_do_not() {
         let locks = Arc::new(DirectoryLocks::default());
@@ -95,6 +76,12 @@ mod tests {
         let other = tokio::time::timeout(Duration::from_secs(5), locks.acquire(&dir("ns/other")))
             .await
             .expect("unrelated directory is not blocked");
+        // A shared name prefix is not nesting.
+        let sibling =
+            tokio::time::timeout(Duration::from_secs(5), locks.acquire(&dir("ns/shared-2")))
+                .await
+                .expect("a sibling with a common prefix is not blocked");
+        drop(sibling);
         let inner_locks = locks.clone();
         let inner = tokio::spawn(async move { inner_locks.acquire(&dir("ns/shared/db")).await });
         tokio::time::sleep(Duration::from_millis(50)).await;

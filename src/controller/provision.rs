@@ -178,29 +178,44 @@ async fn provision(
     // later. An earlier attempt of this claim that created it left a journal entry, so it
     // still counts as created here; the entry also lets the orphan sweep find a directory
     // whose claim goes away before its PV is made.
-    let existed_before = if ctx.root.volume_dir_exists(&directory, term).await? {
+    /// Who the directory belongs to, as seen before the mkdir.
+    enum Found {
+        /// Absent: recorded in the journal, about to be created for this claim.
+        Absent,
+        /// Present and journaled for this claim: an earlier attempt created it.
+        OursFromEarlierAttempt,
+        /// Present and not ours: it predates this volume.
+        Predates,
+    }
+    let found = if ctx.root.volume_dir_exists(&directory, term).await? {
         let journal = ctx.root.journal_entries(term).await?;
-        !journal.iter().any(|(k, d)| k == uid && *d == directory)
+        if journal.iter().any(|(k, d)| k == uid && *d == directory) {
+            Found::OursFromEarlierAttempt
+        } else {
+            Found::Predates
+        }
     } else {
         ctx.root.journal_record(uid, &directory, term).await?;
-        false
+        Found::Absent
     };
-    let directory_existed = match ctx
+    let outcome = ctx
         .root
         .create_volume_dir(&directory, &permissions, &parent_permissions, term)
-        .await?
-    {
-        CreateOutcome::Created => {
+        .await?;
+    let directory_existed = match (outcome, found) {
+        (CreateOutcome::Created, _) => {
             info!(directory = %directory, "created volume directory");
             false
         }
-        CreateOutcome::AlreadyExisted if existed_before => {
-            info!(directory = %directory, "volume directory already exists; using it as it is, and its delete policy will keep it");
-            true
-        }
-        CreateOutcome::AlreadyExisted => {
+        (CreateOutcome::AlreadyExisted, Found::OursFromEarlierAttempt) => {
             info!(directory = %directory, "volume directory created by an earlier attempt");
             false
+        }
+        // Present before the check, or appeared between the check and the mkdir (made by
+        // someone else: this process holds the directory's lock): not this volume's data.
+        (CreateOutcome::AlreadyExisted, Found::Predates | Found::Absent) => {
+            info!(directory = %directory, "volume directory already exists; using it as it is, and its delete policy will keep it");
+            true
         }
     };
     if directory_existed {

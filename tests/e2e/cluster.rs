@@ -328,6 +328,20 @@ impl TestCluster {
         }
     }
 
+    /// Waits until `n` claims of the scenario's namespace are Bound and returns them all.
+    pub async fn wait_all_bound(&self, n: usize) -> Vec<PersistentVolumeClaim> {
+        self.eventually(&format!("all {n} claims Bound"), || async {
+            let list = self.claims().list(&ListParams::default()).await.ok()?;
+            let bound = list
+                .items
+                .iter()
+                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
+                .count();
+            (bound == n).then_some(list.items)
+        })
+        .await
+    }
+
     /// Waits until the claim is Bound and returns its PV.
     pub async fn wait_bound(&self, claim: &str) -> PersistentVolume {
         let pv_name = self

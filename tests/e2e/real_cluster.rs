@@ -257,17 +257,7 @@ async fn the_provisioner_recovers_from_an_api_server_restart_without_restarting(
             .await;
     }
     let all = before.len() + after.len();
-    let claims = cluster
-        .eventually(&format!("all {all} claims Bound"), || async {
-            let list = cluster.claims().list(&Default::default()).await.ok()?;
-            let bound = list
-                .items
-                .iter()
-                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
-                .count();
-            (bound == all).then_some(list.items)
-        })
-        .await;
+    let claims = cluster.wait_all_bound(all).await;
     assert!(provisioner.is_running(), "the provisioner stopped");
     assert_eq!(
         cluster.our_volumes().await.len(),

@@ -680,17 +680,7 @@ async fn a_burst_of_claims_is_provisioned_and_reclaimed_exactly_once_each() {
         .map(|n| TestCluster::claim(n, &class))
         .collect();
     futures::future::join_all(claims.iter().map(|claim| c.create_claim(claim))).await;
-    let bound = c
-        .eventually(&format!("all {n} claims Bound"), || async {
-            let list = c.claims().list(&Default::default()).await.ok()?;
-            let bound = list
-                .items
-                .iter()
-                .filter(|cl| cl.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound"))
-                .count();
-            (bound == n).then_some(list.items)
-        })
-        .await;
+    let bound = c.wait_all_bound(n).await;
     let dirs = entries(s.root.path());
     assert_eq!(dirs.len(), n, "one directory per claim");
     for claim in &bound {
