@@ -206,7 +206,13 @@ fn select_for_cache<K>(
 }
 
 /// A watch of `K` whose cache holds only what `keep` selects; `cache` applies each event to
-/// the cache. Yields the objects kept.
+/// the cache. Yields the objects kept, each only once the cache shows it.
+///
+/// That last part matters after a relist (a watch expired, the API server restarted): the
+/// reflector keeps serving the old cache until the whole list is in (`InitDone`), so an object
+/// handed to the queue as soon as its page arrived (`InitApply`) was looked up by a worker in
+/// the old cache, not found, and dropped; a claim created while the watch was down then waited
+/// for the next resync. Relisted objects are therefore yielded at `InitDone`.
 fn selective_watch<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -231,7 +237,24 @@ where
             })
         })
         .inspect_ok(move |event| cache(event))
-        .applied_objects()
+        .scan(Vec::new(), |relisted: &mut Vec<K>, event| {
+            let ready: Vec<Result<K, watcher::Error>> = match event {
+                Ok(watcher::Event::Apply(obj)) => vec![Ok(obj)],
+                Ok(watcher::Event::Init) => {
+                    relisted.clear();
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitApply(obj)) => {
+                    relisted.push(obj);
+                    Vec::new()
+                }
+                Ok(watcher::Event::InitDone) => relisted.drain(..).map(Ok).collect(),
+                Ok(watcher::Event::Delete(_)) => Vec::new(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::future::ready(Some(futures::stream::iter(ready)))
+        })
+        .flatten()
 }
 
 /// Applies watch events to a reflector cache.

@@ -418,3 +418,37 @@ async fn a_claim_recreated_during_its_old_volumes_delete_keeps_its_new_directory
     );
     p.stop();
 }
+
+/// Claims created while the provisioner was cut off from the API server (as during a
+/// kube-apiserver restart), whose watch then has to re-list: every one is provisioned at
+/// once, none waits for the next resync. The re-list spans two pages and every request takes
+/// a little time, so workers are free while the list is still coming in (the cache shows the
+/// relisted objects only when the list is complete).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claims_created_while_cut_off_are_provisioned_after_the_relist() {
+    let c = TestCluster::fake(Options {
+        latency: std::time::Duration::from_millis(20),
+        ..Options::default()
+    })
+    .await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c.create_class("cut-off", &[], "Delete").await;
+    let p = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.create_claim(&TestCluster::claim("before", &class)).await;
+    c.wait_bound("before").await;
+
+    fake.partition_user(crate::cluster::PROVISIONER_USER, true);
+    let claims: Vec<_> = (0..150)
+        .map(|i| TestCluster::claim(&format!("cut-{i:03}"), &class))
+        .collect();
+    futures::future::join_all(claims.iter().map(|claim| c.create_claim(claim))).await;
+    // Resuming from the old resourceVersion gets 410 Expired: the watches must re-list.
+    fake.compact_and_close_watches();
+    fake.partition_user(crate::cluster::PROVISIONER_USER, false);
+
+    let bound = c.wait_all_bound(151).await;
+    assert_eq!(bound.len(), 151);
+    assert_eq!(c.our_volumes().await.len(), 151, "one PV per claim");
+    p.stop();
+}

@@ -192,7 +192,6 @@ fn restart_apiserver(dir: &Path, down: std::time::Duration) {
 /// watches and provisions every claim exactly once, those created before the outage and
 /// those created after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open defect: after a real kube-apiserver restart the provisioner stops provisioning new claims (see the closing note); run with --ignored"]
 async fn the_provisioner_recovers_from_an_api_server_restart_without_restarting() {
     let (Some(_), Some(dir)) = (real_cluster_kubeconfig(), control_plane_dir()) else {
         eprintln!(
