@@ -190,7 +190,8 @@ fn restart_apiserver(dir: &Path, down: std::time::Duration) {
 /// A real API outage in the middle of a burst: the kube-apiserver process is stopped and
 /// started again. The provisioner (the same instance, never restarted) reconnects its
 /// watches and provisions every claim exactly once, those created before the outage and
-/// those created after it.
+/// those created after it. Every other scenario on that control plane sees the outage too, so
+/// this one runs alone (`scripts/e2e-real` runs it after the others).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_provisioner_recovers_from_an_api_server_restart_without_restarting() {
     let (Some(_), Some(dir)) = (real_cluster_kubeconfig(), control_plane_dir()) else {
