@@ -25,7 +25,10 @@ use tower::{Layer, Service, ServiceBuilder};
 /// default 200 requests/s as long as a request takes under 80 ms.
 pub const MAX_REQUESTS_IN_FLIGHT: usize = 16;
 
-/// Token bucket: `burst` tokens, refilled at `qps` per second.
+/// Token bucket: `burst` tokens, refilled at `qps` per second, as client-go's client-side
+/// limiter (`--kube-api-qps`, `--kube-api-burst`). Hand-written: tower's `RateLimit` is a
+/// fixed window (`num` requests per `per`) with no burst above the sustained rate, and
+/// `governor` would bring its own clock and timer dependencies for what is a dozen lines here.
 struct Bucket {
     qps: f64,
     burst: f64,

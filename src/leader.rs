@@ -12,6 +12,13 @@
 //!
 //! Every update is an optimistic-concurrency `replace` carrying the `resourceVersion` read, so
 //! two candidates can never both win the same term.
+//!
+//! Hand-written: kube-runtime has no leader election. `kube-leader-election` decides expiry
+//! by comparing the Lease's timestamps with the local clock (clock skew between nodes breaks
+//! it, as its own documentation warns) and has no renew deadline shorter than the lease, so an
+//! old leader could still be working when a new one starts. `kube-lease-manager` takes the
+//! Lease with server-side apply, which needs `patch` on leases (the shipped RBAC grants
+//! get/create/update, as the Go provisioner's does) and also relies on a configured skew.
 
 use std::time::Duration;
 

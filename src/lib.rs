@@ -3,11 +3,16 @@
 //! * [`config`] — flags and environment, validated.
 //! * [`parameters`], [`planning`] — StorageClass parameters; which directory a claim gets.
 //! * [`storage`] — every file system operation on the NFS root: confined, deadline-bound.
-//! * [`persistent_volume`] — the PV object a claim gets.
-//! * [`controller`] — watches, provisioning, reclaiming, events.
+//! * [`nfs_plugin`] — what a volume is on the export: provision a directory and build its PV,
+//!   decide and apply a delete policy. No Kubernetes API calls.
+//! * [`persistent_volume`] — what goes into a PV; [`objects`] — claims, volumes and classes
+//!   as read and cached.
+//! * [`controller`] — which objects are ours, watches, the queue, PV create/delete,
+//!   finalizers, events.
 //! * [`leader`] — leader election on a Lease.
 //! * [`admin`], [`metrics`] — health, readiness and Prometheus metrics.
-//! * [`app`] — wires one process together; [`kube_client`] — the rate-limited API client.
+//! * [`app`] — wires one process together; [`kube_client`] — the rate-limited API client;
+//!   [`memory`] — allocator tuning.
 
 pub mod admin;
 pub mod app;
@@ -15,7 +20,10 @@ pub mod config;
 pub mod controller;
 pub mod kube_client;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
+pub mod nfs_plugin;
+pub mod objects;
 pub mod parameters;
 pub mod persistent_volume;
 pub mod planning;

@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         eprintln!("error: invalid setting LOG_LEVEL (--log-level): {e}");
         return ExitCode::from(2);
     }
-    app::tune_allocator();
+    nfs_provisioner::memory::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

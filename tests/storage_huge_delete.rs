@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use common::World;
 use nfs_provisioner::planning::VolumeDirectory;
-use nfs_provisioner::storage::{CancellationToken, NfsRoot, RemoveOutcome, StorageOptions};
+use nfs_provisioner::storage::{
+    CancellationToken, NfsRoot, RemoveOutcome, StorageError, StorageOptions,
+};
 use nix::fcntl::{OFlag, open};
 use nix::sys::stat::{Mode, SFlag, mknodat};
 
@@ -149,7 +151,9 @@ async fn million_entry_delete_finishes_in_slices_with_bounded_memory() {
             .await
         {
             Ok(outcome) => break outcome,
-            Err(e) if e.is_not_responding() && calls < MAX_CALLS => {
+            Err(StorageError::NotResponding { .. } | StorageError::Overloaded { .. })
+                if calls < MAX_CALLS =>
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await
             }
             Err(e) => panic!("the delete did not finish after {calls} calls: {e}"),

@@ -10,7 +10,7 @@ use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource};
 use tracing::warn;
 
-use super::{Claim, Volume};
+use crate::objects::{Claim, Volume};
 
 use crate::metrics::Metrics;
 
@@ -21,6 +21,9 @@ pub const REASON_VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
 pub const REASON_DIRECTORY_SHARED: &str = "VolumeDirectoryShared";
 /// A directory left in place because it existed before the volume was provisioned.
 pub const REASON_DATA_PREDATES_VOLUME: &str = "VolumeDataPredatesVolume";
+/// A deleted PV that carried our finalizer but no `provisioned-by` annotation: let go, its
+/// directory untouched.
+pub const REASON_RELEASED_UNTOUCHED: &str = "VolumeReleasedDataKept";
 
 /// Namespace of Events about cluster-scoped objects (PVs). v1.19 accepts such an Event only in
 /// `kube-system` (422 "involvedObject.namespace: does not match event.namespace" in `default`),

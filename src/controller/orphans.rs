@@ -15,17 +15,15 @@ use kube::runtime::reflector::ObjectRef;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{Context, volume_overlap};
+use super::other_volumes::ClusterVolumes;
+use super::{Context, Result};
+use crate::nfs_plugin::ReclaimOutcome;
 use crate::persistent_volume::pv_name_for;
-use crate::planning::archive_directory;
-use crate::storage::ArchiveOutcome;
-
-/// Namespace part of an orphan's archive name (its claim is gone; its uid names it).
-const ORPHAN_ARCHIVE_NAMESPACE: &str = "orphan";
+use crate::planning::VolumeDirectory;
 
 /// Looks at every journal entry once. Failures are logged and retried at the next sweep.
 pub async fn sweep(ctx: &Context, term: &CancellationToken) {
-    let entries = match ctx.root.journal_entries(term).await {
+    let entries = match ctx.plugin.root().journal_entries(term).await {
         Ok(entries) => entries,
         Err(e) => {
             warn!(error = %e, "could not read the orphan journal; trying again at the next sweep");
@@ -45,12 +43,12 @@ pub async fn sweep(ctx: &Context, term: &CancellationToken) {
 async fn handle(
     ctx: &Context,
     uid: &str,
-    directory: &crate::planning::VolumeDirectory,
+    directory: &VolumeDirectory,
     term: &CancellationToken,
-) -> super::Result<()> {
+) -> Result<()> {
     let pv_name = pv_name_for(uid);
     if ctx.volumes.get(&ObjectRef::new(&pv_name)).is_some() {
-        ctx.root.journal_remove(uid, term).await?;
+        ctx.plugin.forget_journal_entry(uid, term).await?;
         return Ok(());
     }
     // The claim still waits for its volume: provisioning goes on (and removes the entry).
@@ -62,39 +60,29 @@ async fn handle(
     if waiting {
         return Ok(());
     }
-    let _owner = ctx.directory_locks.acquire(directory).await;
+    let owner = ctx.plugin.lock(directory).await;
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     // A list by name, not a get: `list` is what the RBAC already grants for PVs.
     let named = ListParams::default().fields(&format!("metadata.name={pv_name}"));
     if !api.list(&named).await?.items.is_empty() {
-        ctx.root.journal_remove(uid, term).await?;
+        ctx.plugin.forget_journal_entry(uid, term).await?;
         return Ok(());
     }
-    let overlap = match volume_overlap::in_cache(ctx, &pv_name, directory) {
-        Some(overlap) => Some(overlap),
-        None => volume_overlap::in_api(ctx, &pv_name, directory).await?,
-    };
-    if let Some(overlap) = overlap {
-        warn!(claim_uid = %uid, %directory, %overlap, "directory created for a deleted claim is used by another volume; left in place");
-        ctx.root.journal_remove(uid, term).await?;
-        return Ok(());
-    }
-    let archive = archive_directory(directory, ORPHAN_ARCHIVE_NAMESPACE, uid, &pv_name);
-    match ctx
-        .root
-        .archive_volume_dir(directory, &archive, Vec::new(), term)
-        .await?
-    {
-        ArchiveOutcome::Archived { to } => warn!(
+    let outcome = ctx
+        .plugin
+        .archive_orphan(&owner, uid, &pv_name, directory, &ClusterVolumes(ctx), term)
+        .await?;
+    match outcome {
+        ReclaimOutcome::Archived { to: Some(to), .. } => warn!(
             claim_uid = %uid,
             %directory,
             archive = %to,
             "archived an orphaned directory: it was created for a claim that was deleted before its PersistentVolume was made; remove it when it holds nothing you need"
         ),
-        ArchiveOutcome::AlreadyGone => {
-            info!(claim_uid = %uid, %directory, "orphaned directory already gone")
+        ReclaimOutcome::Kept { .. } => {
+            warn!(claim_uid = %uid, %outcome, "directory created for a deleted claim is used by another volume; left in place")
         }
+        _ => info!(claim_uid = %uid, %directory, "orphaned directory already gone"),
     }
-    ctx.root.journal_remove(uid, term).await?;
     Ok(())
 }

@@ -3,13 +3,21 @@
 //! A key is never handed to two workers at once: a key added while it is being processed is
 //! remembered and handed out again after `done`. This is what keeps two reconciles of one claim
 //! or volume from racing on the same directory.
+//!
+//! Hand-written because no crate offers these semantics: kube-runtime's `Controller` has a
+//! scheduler with the same de-duplication, but it is not public on its own, it runs
+//! reconcilers on every replica (work here runs only while leading, with a worker pool that
+//! stops with the term) and it cannot take keys of two kinds (claims and volumes) in one
+//! queue. Delays use `tokio_util::time::DelayQueue` (one timer task, not one task per delay).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::Hash;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::time::{DelayQueue, delay_queue};
 
 struct State<K> {
     queue: VecDeque<K>,
@@ -24,6 +32,8 @@ pub struct WorkQueue<K> {
     ready: Notify,
     base_delay: Duration,
     max_delay: Duration,
+    /// To the timer task (started with the first delayed add) that adds keys when due.
+    delays: OnceLock<mpsc::UnboundedSender<(K, Duration)>>,
 }
 
 impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
@@ -38,6 +48,7 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
             ready: Notify::new(),
             base_delay,
             max_delay,
+            delays: OnceLock::new(),
         })
     }
 
@@ -60,14 +71,15 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         self.ready.notify_one();
     }
 
+    /// Adds `key` once `delay` has passed. A key already waiting keeps the earlier of the
+    /// two times (a later add would only postpone work that is due).
     pub fn add_after(self: &Arc<Self>, key: K, delay: Duration) {
-        let queue = Arc::downgrade(self);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            if let Some(queue) = queue.upgrade() {
-                queue.add(key);
-            }
+        let timer = self.delays.get_or_init(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(run_delays(Arc::downgrade(self), rx));
+            tx
         });
+        let _ = timer.send((key, delay));
     }
 
     /// Waits for the next key and marks it as being processed.
@@ -118,16 +130,49 @@ impl<K: Clone + Eq + Hash + Send + 'static> WorkQueue<K> {
         self.lock().failures.remove(key);
     }
 
-    pub fn failures(&self, key: &K) -> u32 {
-        self.lock().failures.get(key).copied().unwrap_or(0)
-    }
-
     pub fn len(&self) -> usize {
         self.lock().queue.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// The timer task: adds each key to `queue` when its delay expires. Ends with the queue
+/// (its sender is dropped with it).
+async fn run_delays<K: Clone + Eq + Hash + Send + 'static>(
+    queue: Weak<WorkQueue<K>>,
+    mut requests: mpsc::UnboundedReceiver<(K, Duration)>,
+) {
+    let mut delays: DelayQueue<K> = DelayQueue::new();
+    let mut waiting: HashMap<K, (delay_queue::Key, Instant)> = HashMap::new();
+    loop {
+        tokio::select! {
+            request = requests.recv() => {
+                let Some((key, delay)) = request else { return };
+                let due = Instant::now() + delay;
+                match waiting.get_mut(&key) {
+                    Some((_, when)) if *when <= due => {}
+                    Some((timer, when)) => {
+                        delays.reset_at(timer, due);
+                        *when = due;
+                    }
+                    None => {
+                        let timer = delays.insert_at(key.clone(), due);
+                        waiting.insert(key, (timer, due));
+                    }
+                }
+            }
+            Some(expired) = futures::future::poll_fn(|cx| delays.poll_expired(cx)), if !delays.is_empty() => {
+                let key = expired.into_inner();
+                waiting.remove(&key);
+                match queue.upgrade() {
+                    Some(queue) => queue.add(key),
+                    None => return,
+                }
+            }
+        }
     }
 }
 
@@ -147,6 +192,28 @@ mod tests {
         q.done(&k);
         assert_eq!(q.len(), 1, "re-queued after done");
         assert_eq!(q.next().await, "a");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delayed_key_arrives_once_at_the_earliest_time_asked() {
+        let q = WorkQueue::new(Duration::from_millis(1), Duration::from_millis(8));
+        q.add_after("a", Duration::from_secs(10));
+        q.add_after("a", Duration::from_secs(2));
+        q.add_after("b", Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(1900)).await;
+        assert_eq!(q.len(), 0, "nothing is due yet");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(q.next().await, "a", "the earlier time wins");
+        q.done(&"a");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(q.next().await, "b");
+        q.done(&"b");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(
+            q.len(),
+            0,
+            "the later request for a was folded into the earlier one"
+        );
     }
 
     #[test]

@@ -318,7 +318,7 @@ pub(crate) fn delete(
 ) -> Result<DeleteStep, StorageError> {
     ctx.check()?;
     let Some((parent, volume, st)) = open_volume(root, root_dev, dir)? else {
-        tracing::info!(dir = %dir, "volume directory already gone");
+        tracing::debug!(dir = %dir, "volume directory already gone");
         remove_empty_parents(root, dir, keep, ctx);
         return Ok(DeleteStep::Finished(RemoveOutcome::AlreadyGone));
     };
@@ -339,7 +339,7 @@ pub(crate) fn delete(
         }
         Err(e) => return Err(fs_error("rmdir", dir.as_str(), e)),
     }
-    tracing::info!(dir = %dir, "removed volume directory");
+    tracing::debug!(dir = %dir, "removed volume directory");
     remove_empty_parents(root, dir, keep, ctx);
     Ok(DeleteStep::Finished(RemoveOutcome::Removed))
 }
@@ -475,7 +475,7 @@ pub(crate) fn archive(
         ));
     }
     let Some((parent, volume, _)) = open_volume(root, root_dev, dir)? else {
-        tracing::info!(dir = %dir, "volume directory already gone; nothing to archive");
+        tracing::debug!(dir = %dir, "volume directory already gone; nothing to archive");
         remove_empty_parents(root, dir, keep, ctx);
         return Ok(ArchiveOutcome::AlreadyGone);
     };
@@ -505,13 +505,13 @@ pub(crate) fn archive(
             target.name(),
         ) {
             Ok(()) => {
-                tracing::info!(dir = %dir, archive = %target, "archived volume directory");
+                tracing::debug!(dir = %dir, archive = %target, "archived volume directory");
                 remove_empty_parents(root, dir, keep, ctx);
                 return Ok(ArchiveOutcome::Archived { to: target });
             }
             Err(Errno::EEXIST | Errno::ENOTEMPTY) => continue,
             Err(Errno::ENOENT) => {
-                tracing::info!(dir = %dir, "volume directory vanished while archiving");
+                tracing::debug!(dir = %dir, "volume directory vanished while archiving");
                 remove_empty_parents(root, dir, keep, ctx);
                 return Ok(ArchiveOutcome::AlreadyGone);
             }

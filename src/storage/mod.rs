@@ -115,14 +115,6 @@ impl StorageError {
             StorageError::ArchiveNameUnavailable { .. } => "archive_name_unavailable",
         }
     }
-
-    /// True for errors caused by a slow or hung server (worth retrying later).
-    pub fn is_not_responding(&self) -> bool {
-        matches!(
-            self,
-            StorageError::NotResponding { .. } | StorageError::Overloaded { .. }
-        )
-    }
 }
 
 /// Test hook called on the worker thread at the start of each operation (op name, path
@@ -364,10 +356,6 @@ impl NfsRoot {
     /// The root path as configured.
     pub fn path(&self) -> &Path {
         &self.inner.path
-    }
-
-    pub fn options(&self) -> &StorageOptions {
-        &self.inner.opts
     }
 
     /// Worker threads the callers gave up on that have not returned yet.

@@ -18,6 +18,10 @@
 //! Never follows a symlink (they are unlinked as entries) and never crosses into another
 //! file system (a mount point inside the volume is an error: it cannot and must not be
 //! removed).
+//!
+//! Hand-written: `std::fs::remove_dir_all` and the `remove_dir_all` crate work from a path
+//! (not beneath a root handle resolved with `RESOLVE_BENEATH`), do not stop at a deadline to
+//! resume later, and do not refuse to cross into another mounted file system.
 
 use std::ffi::CStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -740,6 +740,43 @@ async fn a_volume_of_another_export_is_never_touched() {
     s.finish().await;
 }
 
+/// A PV that carries our finalizer but no `provisioned-by` annotation (someone removed it, or
+/// a tool copied the finalizer) is not known as ours: deleting it completes instead of hanging
+/// in Terminating, with an event, and its directory is never touched, although it names our
+/// server, our export and a delete policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_volume_ours_only_by_its_finalizer_is_released_without_touching_its_data() {
+    let s = Scenario::start("finalizer-only").await;
+    let c = &s.cluster;
+    let class = c
+        .create_class("finalizer-only", &[("onDelete", "delete")], "Delete")
+        .await;
+    std::fs::create_dir(s.dir("unannotated")).unwrap();
+    std::fs::write(s.dir("unannotated").join("data"), b"keep me").unwrap();
+    let name = format!("{}-finalizer-only", c.namespace);
+    let mut pv = legacy_volume(c, &name, "nobody", "0", &class, "unannotated");
+    pv.spec.as_mut().unwrap().claim_ref = None;
+    pv.metadata.annotations = Some(BTreeMap::from([(ANN_ON_DELETE.into(), "delete".into())]));
+    pv.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    c.volumes()
+        .create(&PostParams::default(), &pv)
+        .await
+        .expect("PV");
+    c.volumes()
+        .delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete PV");
+    c.wait_volume_gone(&name).await;
+    let note = c.wait_volume_event(&name, "VolumeReleasedDataKept").await;
+    assert!(note.contains("left untouched"), "{note}");
+    assert_eq!(
+        std::fs::read(s.dir("unannotated").join("data")).unwrap(),
+        b"keep me"
+    );
+    assert_eq!(entries(s.root.path()), ["unannotated", "unannotated/data"]);
+    s.finish().await;
+}
+
 /// Nested both ways: class `outer` puts a claim's volume at `<ns>/shared`, class `inner` at
 /// `<ns>/shared/<claim>`. Deleting either while the other exists keeps its directory in place
 /// (with an event naming the other PV); no live data of one volume goes with the other.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::Notify;
 
-use super::volume_overlap::relation;
+use super::overlap::relation;
 use crate::planning::VolumeDirectory;
 
 #[derive(Default)]

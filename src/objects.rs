@@ -1,11 +1,13 @@
-//! The shapes claims and volumes take in the controller's caches.
+//! The shapes claims, volumes and classes take as this provisioner reads them (and caches
+//! them).
 //!
 //! `k8s_openapi`'s `PersistentVolume` is about 3.5 KB inline (its spec lists every volume
 //! source) and `PersistentVolumeClaim` about 1 KB, whatever they contain. The caches hold
-//! these types instead: a claim without status (never read, so never decoded) and a volume
-//! with only the spec and status fields the controller reads. Which objects are cached at all
-//! is decided where the watches start (`super::Watches`); foreign NFS volumes that are kept
-//! are reduced further ([`lean_volume`]).
+//! these types instead: a claim without status (never read, so never decoded), a volume with
+//! only the spec and status fields the controller reads, and a class whose parameters are
+//! parsed once, as it is decoded. Which objects are cached at all is decided in
+//! `crate::controller::selection`; foreign NFS volumes that are kept are reduced further
+//! ([`lean_volume`]).
 
 use std::borrow::Cow;
 
@@ -15,9 +17,12 @@ use k8s_openapi::api::core::v1::{
 };
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
 use kube::Resource;
 use kube::api::ObjectMeta;
+
+use crate::parameters::{ClassParameters, ParameterError};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
@@ -94,6 +99,58 @@ pub struct VolumeSpec {
 pub struct VolumeStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
+}
+
+/// A StorageClass as cached: what provisioning and reclaim read, with its `parameters`
+/// parsed once, when it is decoded (a class with invalid parameters is still cached: its
+/// claims get the error as an event).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(from = "ClassObject")]
+pub struct Class {
+    pub metadata: ObjectMeta,
+    pub provisioner: String,
+    pub reclaim_policy: Option<String>,
+    pub mount_options: Option<Vec<String>>,
+    pub volume_binding_mode: Option<String>,
+    pub allow_volume_expansion: Option<bool>,
+    pub parameters: Result<ClassParameters, ParameterError>,
+}
+delegate_resource!(Class, StorageClass);
+
+/// A StorageClass as the API server sends it (the fields [`Class`] keeps).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ClassObject {
+    #[serde(default, deserialize_with = "lean_metadata")]
+    metadata: ObjectMeta,
+    #[serde(default)]
+    provisioner: String,
+    reclaim_policy: Option<String>,
+    mount_options: Option<Vec<String>>,
+    volume_binding_mode: Option<String>,
+    allow_volume_expansion: Option<bool>,
+    #[serde(default)]
+    parameters: BTreeMap<String, String>,
+}
+
+impl From<ClassObject> for Class {
+    fn from(raw: ClassObject) -> Self {
+        Class {
+            metadata: raw.metadata,
+            provisioner: raw.provisioner,
+            reclaim_policy: raw.reclaim_policy,
+            mount_options: raw.mount_options,
+            volume_binding_mode: raw.volume_binding_mode,
+            allow_volume_expansion: raw.allow_volume_expansion,
+            parameters: ClassParameters::parse(&raw.parameters),
+        }
+    }
+}
+
+impl Class {
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or("")
+    }
 }
 
 /// The annotation `kubectl apply` leaves: a copy of the whole object as last applied.

@@ -1,0 +1,86 @@
+//! The controller's view of the other PVs, which the NFS plugin asks before it deletes or
+//! archives a directory ([`OtherVolumes`]).
+//!
+//! Two sources are asked: the cache (every NFS PV of our server, found through the
+//! [`DirectoryIndex`](super::directory_index::DirectoryIndex) by the directory's
+//! components), and then the API server itself for our PVs of the same directory tree (by
+//! [`LABEL_DIRECTORY_TREE`]), so a PV created a moment ago that the watch has not delivered
+//! yet still counts.
+
+use std::collections::HashSet;
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::api::ListParams;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+
+use super::Context;
+use crate::nfs_plugin::{LookupError, OtherVolumes, Overlap};
+use crate::persistent_volume::{LABEL_DIRECTORY_TREE, directory_tree_label};
+use crate::planning::VolumeDirectory;
+
+/// The other PVs as the cache and the API server have them.
+pub struct ClusterVolumes<'a>(pub &'a Context);
+
+impl ClusterVolumes<'_> {
+    /// A cached PV (other than `me`) whose directory overlaps `dir`.
+    pub fn in_cache(&self, me: &str, dir: &VolumeDirectory) -> Option<Overlap> {
+        let ctx = self.0;
+        let mut seen = HashSet::new();
+        for component in dir.components() {
+            for name in ctx.directories.candidates(component) {
+                if !seen.insert(name.clone()) {
+                    continue;
+                }
+                if let Some(other) = ctx.volumes.get(&ObjectRef::new(&name))
+                    && let Some(overlap) = ctx.plugin.overlap_with(
+                        me,
+                        dir,
+                        &other.name_any(),
+                        other.spec.as_ref().and_then(|s| s.nfs.as_ref()),
+                    )
+                {
+                    return Some(overlap);
+                }
+            }
+        }
+        None
+    }
+
+    /// One of our PVs (other than `me`) whose directory overlaps `dir`, as the API server
+    /// has them now.
+    pub async fn in_api(
+        &self,
+        me: &str,
+        dir: &VolumeDirectory,
+    ) -> Result<Option<Overlap>, kube::Error> {
+        let ctx = self.0;
+        let first = dir.components().next().unwrap_or_default();
+        let selector = format!("{LABEL_DIRECTORY_TREE}={}", directory_tree_label(first));
+        let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
+        let list = api.list(&ListParams::default().labels(&selector)).await?;
+        Ok(list.items.iter().find_map(|other| {
+            ctx.plugin.overlap_with(
+                me,
+                dir,
+                &other.name_any(),
+                other.spec.as_ref().and_then(|s| s.nfs.as_ref()),
+            )
+        }))
+    }
+}
+
+impl OtherVolumes for ClusterVolumes<'_> {
+    async fn overlapping(
+        &self,
+        me: &str,
+        dir: &VolumeDirectory,
+    ) -> Result<Option<Overlap>, LookupError> {
+        if let Some(overlap) = self.in_cache(me, dir) {
+            return Ok(Some(overlap));
+        }
+        self.in_api(me, dir)
+            .await
+            .map_err(|e| LookupError(Box::new(e)))
+    }
+}

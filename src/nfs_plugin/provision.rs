@@ -1,0 +1,185 @@
+//! Claim → directory on the export → the PV object that points at it.
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::ResourceExt;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use super::{DirectoryGuard, NfsPlugin, VolumeError};
+use crate::objects::{Claim, Class};
+use crate::parameters::DirectoryPermissions;
+use crate::persistent_volume::{VolumeSpec, directory_tree_label, requested_storage};
+use crate::planning::{VolumeDirectory, VolumeRequest, plan_directory};
+use crate::storage::CreateOutcome;
+
+/// A directory made (or found) for a claim and the PV object to create for it. Holds the
+/// directory's lock until [`NfsPlugin::provisioned`] (or until dropped, when creating the PV
+/// failed): no reclaim of the same or a nested directory runs meanwhile.
+pub struct ProvisionedVolume {
+    pub pv: PersistentVolume,
+    pub directory: VolumeDirectory,
+    /// The directory existed before this volume (its delete policy will keep it).
+    pub directory_existed: bool,
+    claim_uid: String,
+    _owner: DirectoryGuard,
+}
+
+/// Claims this provisioner refuses whatever the class says, and why.
+pub fn refusal_of(claim: &Claim) -> Option<VolumeError> {
+    let spec = claim.spec.as_ref()?;
+    if spec.volume_mode.as_deref() == Some("Block") {
+        return Some(VolumeError::BlockVolumeMode);
+    }
+    if spec.selector.is_some() {
+        return Some(VolumeError::Selector);
+    }
+    if let Some(source) = &spec.data_source_ref {
+        return Some(VolumeError::DataSource(format!(
+            "dataSourceRef {} {}",
+            source.kind, source.name
+        )));
+    }
+    if let Some(source) = &spec.data_source {
+        return Some(VolumeError::DataSource(format!(
+            "dataSource {} {}",
+            source.kind, source.name
+        )));
+    }
+    None
+}
+
+/// Who the directory belongs to, as seen before the mkdir.
+enum Found {
+    /// Absent: recorded in the journal, about to be created for this claim.
+    Absent,
+    /// Present and journaled for this claim: an earlier attempt created it.
+    OursFromEarlierAttempt,
+    /// Present and not ours: it predates this volume.
+    Predates,
+}
+
+impl NfsPlugin {
+    /// Plans `claim`'s directory from `class`, creates it (or finds it) and builds PV
+    /// `pv_name` pointing at it. Idempotent: an earlier attempt's directory is reused.
+    pub async fn provision(
+        &self,
+        claim: &Claim,
+        class: &Class,
+        pv_name: &str,
+        term: &CancellationToken,
+    ) -> Result<ProvisionedVolume, VolumeError> {
+        if let Some(refusal) = refusal_of(claim) {
+            return Err(refusal);
+        }
+        let class_name = class.name().to_string();
+        let parameters = super::parameters_of(class)?;
+        let capacity = claim
+            .spec
+            .as_deref()
+            .and_then(requested_storage)
+            .ok_or(VolumeError::NoStorageRequest)?;
+        let request = VolumeRequest {
+            namespace: claim.namespace().unwrap_or_default(),
+            claim_name: claim.name_any(),
+            claim_uid: claim.uid().unwrap_or_default(),
+            pv_name: pv_name.to_string(),
+            labels: claim.labels().clone(),
+            annotations: claim.annotations().clone(),
+        };
+        let directory = plan_directory(parameters, &request).map_err(VolumeError::UnsafePath)?;
+        let permissions = DirectoryPermissions::resolve(
+            &self.default_permissions,
+            parameters,
+            claim.annotations(),
+        )
+        .map_err(|e| VolumeError::InvalidClaimAnnotation(Box::new(e)))?;
+        // Template parents may be shared with other claims: the class decides, not this claim.
+        let parent_permissions =
+            DirectoryPermissions::resolve_parents(&self.default_permissions, parameters);
+
+        let owner = self.lock(&directory).await;
+        let uid = request.claim_uid.as_str();
+        // Whether the directory existed before this volume decides what its delete policy may
+        // do later. An earlier attempt of this claim that created it left a journal entry, so
+        // it still counts as created here; the entry also lets the orphan sweep find a
+        // directory whose claim goes away before its PV is made.
+        let found = if self.root.volume_dir_exists(&directory, term).await? {
+            let journal = self.root.journal_entries(term).await?;
+            if journal.iter().any(|(k, d)| k == uid && *d == directory) {
+                Found::OursFromEarlierAttempt
+            } else {
+                Found::Predates
+            }
+        } else {
+            self.root.journal_record(uid, &directory, term).await?;
+            Found::Absent
+        };
+        let outcome = self
+            .root
+            .create_volume_dir(&directory, &permissions, &parent_permissions, term)
+            .await?;
+        let directory_existed = match (outcome, found) {
+            (CreateOutcome::Created, _) => {
+                info!(%directory, "created volume directory");
+                false
+            }
+            (CreateOutcome::AlreadyExisted, Found::OursFromEarlierAttempt) => {
+                info!(%directory, "volume directory created by an earlier attempt");
+                false
+            }
+            // Present before the check, or appeared between the check and the mkdir (made by
+            // someone else: this process holds the directory's lock): not this volume's data.
+            (CreateOutcome::AlreadyExisted, Found::Predates | Found::Absent) => {
+                info!(%directory, "volume directory already exists; using it as it is, and its delete policy will keep it");
+                true
+            }
+        };
+        if directory_existed {
+            // Not created for this claim: nothing to clean up if the claim goes away.
+            self.root.journal_remove(uid, term).await?;
+        }
+
+        let spec = VolumeSpec {
+            pv_name: pv_name.to_string(),
+            provisioner_name: self.provisioner_name.clone(),
+            storage_class: class_name,
+            nfs_server: self.nfs_server.clone(),
+            nfs_path: self.export.pv_path(&directory),
+            capacity,
+            access_modes: claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.access_modes.clone())
+                .unwrap_or_default(),
+            mount_options: class.mount_options.clone().unwrap_or_default(),
+            reclaim_policy: class
+                .reclaim_policy
+                .clone()
+                .unwrap_or_else(|| "Delete".to_string()),
+            on_delete: parameters.on_delete,
+            claim_namespace: request.namespace.clone(),
+            claim_name: request.claim_name.clone(),
+            claim_uid: request.claim_uid.clone(),
+            directory_existed,
+            directory_tree: directory_tree_label(directory.components().next().unwrap_or_default()),
+        };
+        Ok(ProvisionedVolume {
+            pv: spec.to_persistent_volume(),
+            directory,
+            directory_existed,
+            claim_uid: request.claim_uid,
+            _owner: owner,
+        })
+    }
+
+    /// The PV of `volume` exists: its reclaim owns the directory from now on. Forgets the
+    /// journal entry and releases the directory.
+    pub async fn provisioned(
+        &self,
+        volume: ProvisionedVolume,
+        term: &CancellationToken,
+    ) -> Result<(), VolumeError> {
+        self.root.journal_remove(&volume.claim_uid, term).await?;
+        Ok(())
+    }
+}
