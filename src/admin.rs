@@ -1,6 +1,7 @@
 //! The admin endpoint: `/healthz` (process alive), `/readyz` (watches synced and NFS root
 //! responding, naming the failing check) and `/metrics` (Prometheus/OpenMetrics text).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +25,8 @@ use crate::storage::NfsRoot;
 #[derive(Default)]
 pub struct Readiness {
     watches_synced: AtomicBool,
-    nfs_root_problem: Mutex<Option<String>>,
+    /// Per export: the last probe's problem (absent or `None`: healthy).
+    export_problems: Mutex<BTreeMap<String, Option<String>>>,
 }
 
 impl Readiness {
@@ -32,11 +34,12 @@ impl Readiness {
         self.watches_synced.store(true, Ordering::SeqCst);
     }
 
-    pub fn set_nfs_root(&self, problem: Option<String>) {
-        *self
-            .nfs_root_problem
+    /// Records the last probe of `export`'s NFS root.
+    pub fn set_export(&self, export: &str, problem: Option<String>) {
+        self.export_problems
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = problem;
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(export.to_string(), problem);
     }
 
     /// `Ok` when ready, otherwise every failing check, one a line.
@@ -47,13 +50,17 @@ impl Readiness {
                 "watches: initial list of claims, volumes and classes not complete".to_string(),
             );
         }
-        if let Some(problem) = self
-            .nfs_root_problem
+        // One line per export whose root does not answer, naming it: one hung export does
+        // not stop the others' claims, but an operator must see which one it is.
+        for (export, problem) in self
+            .export_problems
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
+            .iter()
         {
-            failing.push(format!("nfs-root: {problem}"));
+            if let Some(problem) = problem {
+                failing.push(format!("nfs-root {export}: {problem}"));
+            }
         }
         if failing.is_empty() {
             Ok(())
@@ -136,8 +143,9 @@ pub async fn serve(
     }
 }
 
-/// Probes the NFS root every `every`, feeding readiness and metrics.
+/// Probes an export's NFS root every `every`, feeding readiness and metrics.
 pub async fn probe_nfs_root(
+    export: String,
     root: NfsRoot,
     readiness: Arc<Readiness>,
     metrics: Metrics,
@@ -147,18 +155,20 @@ pub async fn probe_nfs_root(
     loop {
         match root.probe().await {
             Ok(latency) => {
-                metrics.nfs_root_healthy.set(1);
-                metrics.nfs_root_probe_seconds.set(latency.as_secs_f64());
-                readiness.set_nfs_root(None);
+                metrics.nfs_root_healthy(&export).set(1);
+                metrics
+                    .nfs_root_probe_seconds(&export)
+                    .set(latency.as_secs_f64());
+                readiness.set_export(&export, None);
             }
             Err(e) => {
-                metrics.nfs_root_healthy.set(0);
-                warn!(error = %e, "NFS root probe failed");
-                readiness.set_nfs_root(Some(e.to_string()));
+                metrics.nfs_root_healthy(&export).set(0);
+                warn!(%export, error = %e, "NFS root probe failed");
+                readiness.set_export(&export, Some(e.to_string()));
             }
         }
         metrics
-            .nfs_stuck_operations
+            .nfs_stuck_operations(&export)
             .set(root.stuck_operations() as i64);
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -178,12 +188,10 @@ mod tests {
         assert!(err.contains("watches"), "{err}");
         r.set_watches_synced();
         assert!(r.check().is_ok());
-        r.set_nfs_root(Some("NFS root not responding".into()));
+        r.set_export("default", None);
+        r.set_export("slow", Some("NFS root not responding".into()));
         let err = r.check().unwrap_err();
-        assert!(
-            err.starts_with("nfs-root: NFS root not responding"),
-            "{err}"
-        );
+        assert_eq!(err, "nfs-root slow: NFS root not responding");
         let resp = route("/readyz", &r, &Metrics::new());
         assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(

@@ -16,14 +16,15 @@ use crate::controller::{Controller, ControllerSettings, EventPublisher};
 use crate::kube_client::Clients;
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
-use crate::nfs_plugin::NfsPlugin;
+use crate::nfs_plugin::{Exports, NfsPlugin};
 use crate::storage::{FaultHook, NfsRoot, StorageOptions};
 
 /// Why the process could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("NFS root {path}: {source}")]
+    #[error("NFS export {export} mounted at {path}: {source}")]
     NfsRoot {
+        export: String,
         path: String,
         #[source]
         source: crate::storage::StorageError,
@@ -67,8 +68,10 @@ pub async fn run(
 #[derive(Default, Clone)]
 pub struct Instrumentation {
     /// Called on the storage worker thread before each operation: lets a test stand in for
-    /// a hung NFS server.
+    /// a hung NFS server. Applies to every export without its own hook below.
     pub nfs_fault_hook: Option<FaultHook>,
+    /// The same for one export, by name.
+    pub export_fault_hooks: Vec<(String, FaultHook)>,
 }
 
 /// [`run`], handing `observe` the metrics, readiness and leadership as soon as they exist.
@@ -87,16 +90,37 @@ pub async fn run_observed(
         op_timeout: settings.fs_timeout,
         max_stuck_ops: settings.max_stuck_fs_ops,
     };
-    let root = match instrumentation.nfs_fault_hook {
-        Some(hook) => {
-            NfsRoot::open_with_fault_hook(&settings.mount_path, storage_options, hook).await
+    let mut plugins = Vec::with_capacity(settings.exports.len());
+    for export in &settings.exports {
+        let hook = instrumentation
+            .export_fault_hooks
+            .iter()
+            .find(|(name, _)| *name == export.name)
+            .map(|(_, hook)| hook.clone())
+            .or_else(|| instrumentation.nfs_fault_hook.clone());
+        // Each export has its own root: its own deadline, its own pool of stuck operations,
+        // so a hung export fails only its own work.
+        let root = match hook {
+            Some(hook) => {
+                NfsRoot::open_with_fault_hook(&export.mount_path, storage_options.clone(), hook)
+                    .await
+            }
+            None => NfsRoot::open(&export.mount_path, storage_options.clone()).await,
         }
-        None => NfsRoot::open(&settings.mount_path, storage_options).await,
+        .map_err(|source| StartError::NfsRoot {
+            export: export.name.clone(),
+            path: export.mount_path.display().to_string(),
+            source,
+        })?;
+        plugins.push(NfsPlugin::new(
+            &export.name,
+            &settings.provisioner_name,
+            &export.server,
+            export.path.clone(),
+            settings.default_permissions,
+            root,
+        ));
     }
-    .map_err(|source| StartError::NfsRoot {
-        path: settings.mount_path.display().to_string(),
-        source,
-    })?;
     let listener = admin::bind(settings.admin_address)
         .await
         .map_err(|source| StartError::Admin {
@@ -116,25 +140,22 @@ pub async fn run_observed(
         metrics.clone(),
         background.clone(),
     ));
-    tasks.spawn(admin::probe_nfs_root(
-        root.clone(),
-        readiness.clone(),
-        metrics.clone(),
-        settings.nfs_probe_interval,
-        background.clone(),
-    ));
+    for plugin in &plugins {
+        tasks.spawn(admin::probe_nfs_root(
+            plugin.name().to_string(),
+            plugin.root().clone(),
+            readiness.clone(),
+            metrics.clone(),
+            settings.nfs_probe_interval,
+            background.clone(),
+        ));
+    }
     tasks.spawn(crate::memory::release_free_heap_periodically(
         background.clone(),
     ));
 
-    let selection = Selection::new(&settings.provisioner_name, &settings.nfs_server);
-    let plugin = NfsPlugin::new(
-        &settings.provisioner_name,
-        &settings.nfs_server,
-        settings.export.clone(),
-        settings.default_permissions,
-        root,
-    );
+    let servers: Vec<&str> = settings.exports.iter().map(|e| e.server.as_str()).collect();
+    let selection = Selection::new(&settings.provisioner_name, &servers);
     let events = EventPublisher::new(
         client.clone(),
         &settings.provisioner_name,
@@ -144,7 +165,7 @@ pub async fn run_observed(
     let controller = Controller::start(
         client,
         selection,
-        plugin,
+        Exports::new(plugins),
         events,
         metrics.clone(),
         readiness.clone(),

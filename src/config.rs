@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::exports_file::{self, DEFAULT_EXPORT, ExportSettings};
 use crate::parameters::{DirectoryPermissions, GO_BOOL_ACCEPTED, go_bool};
-use crate::planning::ExportPath;
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +45,11 @@ pub struct Cli {
     /// Where the export is mounted in this process's file system (the NFS root).
     #[arg(long, env = "NFS_MOUNT_PATH", default_value = "/persistentvolumes")]
     pub mount_path: PathBuf,
+
+    /// YAML file listing more NFS exports to serve (see `crate::exports_file` for the
+    /// schema); StorageClasses pick one with the parameter `export: <name>`.
+    #[arg(long, env = "NFS_EXPORTS_CONFIG")]
+    pub exports_config: Option<PathBuf>,
 
     /// Kubeconfig to use outside the cluster; in-cluster config is used when unset.
     #[arg(long, env = "KUBECONFIG")]
@@ -145,11 +150,9 @@ pub struct Cli {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub provisioner_name: String,
-    pub nfs_server: String,
-    pub nfs_path: String,
-    /// `nfs_path`, validated, mapping PV paths to directories under the NFS root.
-    pub export: ExportPath,
-    pub mount_path: PathBuf,
+    /// Every export served: the default one (`NFS_SERVER`, `NFS_PATH`) first when set, then
+    /// those of `NFS_EXPORTS_CONFIG`. Never empty; never overlapping.
+    pub exports: Vec<ExportSettings>,
     pub kubeconfig: Option<PathBuf>,
     pub leader_election: Option<LeaderElectionSettings>,
     pub workers: usize,
@@ -199,28 +202,13 @@ const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/servicea
 impl Cli {
     /// Checks every setting and derives the leader-election identity and Lease.
     pub fn validate(self) -> Result<Settings, SettingError> {
+        let exports = self.exports()?;
         let provisioner_name = required(
             self.provisioner_name,
             "PROVISIONER_NAME (--provisioner-name)",
         )?;
         validate_provisioner_name(&provisioner_name)
             .map_err(|r| bad("PROVISIONER_NAME (--provisioner-name)", r))?;
-        let nfs_server = required(self.nfs_server, "NFS_SERVER (--nfs-server)")?;
-        if nfs_server.chars().any(|c| c.is_whitespace() || c == '/') {
-            return Err(bad(
-                "NFS_SERVER (--nfs-server)",
-                format!("{nfs_server:?} is not a host name or IP address"),
-            ));
-        }
-        let nfs_path = required(self.nfs_path, "NFS_PATH (--nfs-path)")?;
-        if !nfs_path.starts_with('/') {
-            return Err(bad(
-                "NFS_PATH (--nfs-path)",
-                format!("{nfs_path:?} must be an absolute path on the NFS server"),
-            ));
-        }
-        let export =
-            ExportPath::new(&nfs_path).map_err(|e| bad("NFS_PATH (--nfs-path)", e.to_string()))?;
         if self.workers == 0 {
             return Err(bad("WORKERS (--workers)", "must be at least 1"));
         }
@@ -311,10 +299,7 @@ impl Cli {
 
         Ok(Settings {
             provisioner_name,
-            nfs_server,
-            nfs_path,
-            export,
-            mount_path: self.mount_path,
+            exports,
             kubeconfig: self.kubeconfig,
             leader_election,
             workers: self.workers,
@@ -337,6 +322,49 @@ impl Cli {
             log_level: self.log_level,
             identity,
         })
+    }
+}
+
+impl Cli {
+    /// The default export (when `NFS_SERVER` and `NFS_PATH` are set) and those of the
+    /// exports file.
+    fn exports(&self) -> Result<Vec<ExportSettings>, SettingError> {
+        const SERVER: &str = "NFS_SERVER (--nfs-server)";
+        const PATH: &str = "NFS_PATH (--nfs-path)";
+        const FILE: &str = "NFS_EXPORTS_CONFIG (--exports-config)";
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+        let mut exports = Vec::new();
+        match (set(&self.nfs_server), set(&self.nfs_path)) {
+            (true, true) => {
+                let (server, path) = (
+                    required(self.nfs_server.clone(), SERVER)?,
+                    required(self.nfs_path.clone(), PATH)?,
+                );
+                let export =
+                    exports_file::export(DEFAULT_EXPORT, &server, &path, self.mount_path.clone())
+                        .map_err(|(field, reason)| {
+                        bad(
+                            match field {
+                                "server" => SERVER,
+                                "path" => PATH,
+                                _ => "NFS_MOUNT_PATH (--mount-path)",
+                            },
+                            reason,
+                        )
+                    })?;
+                exports.push(export);
+            }
+            (false, false) if self.exports_config.is_some() => {}
+            (_, true) | (false, false) => return Err(bad(SERVER, "is required")),
+            (true, false) => return Err(bad(PATH, "is required")),
+        }
+        if let Some(file) = &self.exports_config {
+            let more = exports_file::load(file)
+                .map_err(|e| bad(FILE, format!("{}: {e}", file.display())))?;
+            exports.extend(more);
+        }
+        exports_file::check_distinct(&exports).map_err(|e| bad(FILE, e))?;
+        Ok(exports)
     }
 }
 
@@ -471,7 +499,9 @@ mod tests {
     #[test]
     fn defaults_match_the_established_deployment() {
         let s = cli(BASE).unwrap().validate().unwrap();
-        assert_eq!(s.mount_path, PathBuf::from("/persistentvolumes"));
+        assert_eq!(s.exports.len(), 1);
+        assert_eq!(s.exports[0].name, "default");
+        assert_eq!(s.exports[0].mount_path, PathBuf::from("/persistentvolumes"));
         let le = s.leader_election.expect("leader election defaults to on");
         assert_eq!(le.lease_name, "example.com-nfs");
         assert_eq!(le.lease_duration, Duration::from_secs(15));

@@ -1,6 +1,6 @@
 //! NFS subdirectory provisioner: one directory on a mounted NFS export per claim.
 //!
-//! * [`config`] — flags and environment, validated.
+//! * [`config`] — flags and environment, validated; [`exports_file`] — the NFS exports served.
 //! * [`parameters`], [`planning`] — StorageClass parameters; which directory a claim gets.
 //! * [`storage`] — every file system operation on the NFS root: confined, deadline-bound.
 //! * [`nfs_plugin`] — what a volume is on the export: provision a directory and build its PV,
@@ -18,6 +18,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod controller;
+pub mod exports_file;
 pub mod kube_client;
 pub mod leader;
 pub mod memory;

@@ -70,12 +70,18 @@ fn init_logging(settings: &Settings) -> Result<(), String> {
 async fn run(settings: Settings) -> ExitCode {
     info!(
         provisioner = %settings.provisioner_name,
-        nfs_server = %settings.nfs_server,
-        nfs_path = %settings.nfs_path,
-        mount_path = %settings.mount_path.display(),
         version = env!("CARGO_PKG_VERSION"),
         "starting"
     );
+    for export in &settings.exports {
+        info!(
+            export = %export.name,
+            nfs_server = %export.server,
+            nfs_path = %export.path.as_str(),
+            mount_path = %export.mount_path.display(),
+            "serving NFS export"
+        );
+    }
     let config = match kube_client::load_config(settings.kubeconfig.as_deref()).await {
         Ok(c) => c,
         Err(e) => {

@@ -37,6 +37,20 @@ struct BuildLabels {
     version: String,
 }
 
+/// Metrics of one NFS export.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExportLabels {
+    pub export: String,
+}
+
+impl ExportLabels {
+    fn of(export: &str) -> Self {
+        ExportLabels {
+            export: export.to_string(),
+        }
+    }
+}
+
 fn duration_histogram() -> Histogram {
     // 5 ms .. ~80 s
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -53,9 +67,9 @@ pub struct Metrics {
     pub failures: Family<FailureLabels, Counter>,
     pub claims_waiting: Gauge,
     pub leader: Gauge,
-    pub nfs_root_healthy: Gauge,
-    pub nfs_root_probe_seconds: Gauge<f64, AtomicU64>,
-    pub nfs_stuck_operations: Gauge,
+    nfs_root_healthy: Family<ExportLabels, Gauge>,
+    nfs_root_probe_seconds: Family<ExportLabels, Gauge<f64, AtomicU64>>,
+    nfs_stuck_operations: Family<ExportLabels, Gauge>,
     pub events_failed: Counter,
 }
 
@@ -112,22 +126,22 @@ impl Metrics {
             "1 while this replica holds the leader Lease (or runs without leader election)",
             leader.clone(),
         );
-        let nfs_root_healthy = Gauge::default();
+        let nfs_root_healthy = Family::<ExportLabels, Gauge>::default();
         registry.register(
             "nfs_root_healthy",
-            "1 when the last NFS root probe succeeded",
+            "1 when the last probe of the export's NFS root succeeded",
             nfs_root_healthy.clone(),
         );
-        let nfs_root_probe_seconds = Gauge::<f64, AtomicU64>::default();
+        let nfs_root_probe_seconds = Family::<ExportLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "nfs_root_probe_seconds",
-            "Latency of the last NFS root probe",
+            "Latency of the last probe of the export's NFS root",
             nfs_root_probe_seconds.clone(),
         );
-        let nfs_stuck_operations = Gauge::default();
+        let nfs_stuck_operations = Family::<ExportLabels, Gauge>::default();
         registry.register(
             "nfs_stuck_operations",
-            "File system operations on the NFS root that outlived their deadline and are still running",
+            "File system operations on the export's NFS root that outlived their deadline and are still running",
             nfs_stuck_operations.clone(),
         );
         let events_failed = Counter::default();
@@ -158,6 +172,25 @@ impl Metrics {
             nfs_stuck_operations,
             events_failed,
         }
+    }
+
+    /// 1 while `export`'s root answers its probe.
+    pub fn nfs_root_healthy(&self, export: &str) -> Gauge {
+        self.nfs_root_healthy
+            .get_or_create(&ExportLabels::of(export))
+            .clone()
+    }
+
+    pub fn nfs_root_probe_seconds(&self, export: &str) -> Gauge<f64, AtomicU64> {
+        self.nfs_root_probe_seconds
+            .get_or_create(&ExportLabels::of(export))
+            .clone()
+    }
+
+    pub fn nfs_stuck_operations(&self, export: &str) -> Gauge {
+        self.nfs_stuck_operations
+            .get_or_create(&ExportLabels::of(export))
+            .clone()
     }
 
     pub fn provisioned(&self, class: &str, result: &str, took: Option<Duration>) {

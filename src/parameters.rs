@@ -23,6 +23,9 @@ pub const KEY_PATH_PATTERN: &str = "pathPattern";
 pub const KEY_DIRECTORY_MODE: &str = "directoryMode";
 pub const KEY_DIRECTORY_UID: &str = "directoryUid";
 pub const KEY_DIRECTORY_GID: &str = "directoryGid";
+/// Which of the provisioner's NFS exports the class's volumes live on (by name; absent: the
+/// default export).
+pub const KEY_EXPORT: &str = "export";
 
 /// Every StorageClass parameter key this provisioner accepts.
 pub const ACCEPTED_KEYS: &[&str] = &[
@@ -32,6 +35,7 @@ pub const ACCEPTED_KEYS: &[&str] = &[
     KEY_DIRECTORY_MODE,
     KEY_DIRECTORY_UID,
     KEY_DIRECTORY_GID,
+    KEY_EXPORT,
 ];
 
 /// PVC annotations (upstream names) that override the directory mode/owner for one claim.
@@ -372,6 +376,8 @@ pub struct ClassParameters {
     pub directory_mode: Option<u32>,
     pub directory_uid: Option<u32>,
     pub directory_gid: Option<u32>,
+    /// The export named by `export` (`None`: the default export).
+    pub export: Option<String>,
     /// Non-fatal remarks about the parameters (e.g. `archiveOnDelete` overridden by
     /// `onDelete`), suitable for a Normal/Warning event on the claim.
     pub notes: Vec<String>,
@@ -386,6 +392,7 @@ impl Default for ClassParameters {
             directory_mode: None,
             directory_uid: None,
             directory_gid: None,
+            export: None,
             notes: Vec::new(),
         }
     }
@@ -422,6 +429,18 @@ impl ClassParameters {
                 KEY_DIRECTORY_GID => {
                     parsed.directory_gid =
                         Some(parse_id(SettingSource::ClassParameter, key, value)?)
+                }
+                KEY_EXPORT => {
+                    crate::exports_file::validate_name(value).map_err(|reason| {
+                        ParameterError::invalid(
+                            SettingSource::ClassParameter,
+                            key,
+                            value,
+                            reason,
+                            "the name of an export this provisioner serves",
+                        )
+                    })?;
+                    parsed.export = Some(value.clone());
                 }
                 _ => return Err(ParameterError::unknown_key(key, value)),
             }

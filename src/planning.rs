@@ -382,6 +382,12 @@ impl ExportPath {
         })
     }
 
+    /// Whether one export path is the other or lies inside it (component-wise).
+    pub fn overlaps(&self, other: &ExportPath) -> bool {
+        let n = self.components.len().min(other.components.len());
+        self.absolute == other.absolute && self.components[..n] == other.components[..n]
+    }
+
     /// `NFS_PATH` as configured.
     pub fn as_str(&self) -> &str {
         &self.configured

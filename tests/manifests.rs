@@ -54,14 +54,7 @@ const NAMESPACE_PERMISSIONS: &[(&str, &str, &str)] = &[
 const NFS_ROOT: &str = "/persistentvolumes";
 
 /// The parameters a StorageClass of this provisioner may carry.
-const CLASS_PARAMETERS: &[&str] = &[
-    "onDelete",
-    "archiveOnDelete",
-    "pathPattern",
-    "directoryMode",
-    "directoryUid",
-    "directoryGid",
-];
+const CLASS_PARAMETERS: &[&str] = nfs_provisioner::parameters::ACCEPTED_KEYS;
 
 /// Capabilities the container may add back after dropping ALL.
 const ALLOWED_CAPABILITIES: &[&str] = &["CHOWN", "FOWNER", "DAC_OVERRIDE"];
@@ -156,11 +149,25 @@ fn parse_documents(file: &Path) -> Vec<Doc> {
     docs
 }
 
-/// Every Kubernetes object in the manifests (kustomization files excluded).
+/// A file a kustomize Component uses as input (a patch, a generator's file) rather than
+/// installs: everything in a Component's directory but its `resources`.
+fn is_component_input(path: &Path) -> bool {
+    let Some(dir) = path.parent() else {
+        return false;
+    };
+    let Ok(text) = std::fs::read_to_string(dir.join("kustomization.yaml")) else {
+        return false;
+    };
+    let k: Kustomization = serde_yaml::from_str(&text).expect("kustomization");
+    k.kind == "Component" && !k.resources.iter().any(|r| dir.join(r) == path)
+}
+
+/// Every Kubernetes object in the manifests (kustomization files and Component inputs
+/// excluded).
 fn documents() -> Vec<Doc> {
     all_yaml_files()
         .iter()
-        .filter(|f| !is_kustomization(f))
+        .filter(|f| !is_kustomization(f) && !is_component_input(f))
         .flat_map(|f| parse_documents(f))
         .collect()
 }
@@ -298,6 +305,25 @@ struct Kustomization {
     kind: String,
     #[serde(default)]
     resources: Vec<String>,
+    #[serde(default)]
+    config_map_generator: Vec<Generator>,
+    #[serde(default)]
+    patches: Vec<PatchFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct Generator {
+    name: String,
+    namespace: String,
+    files: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchFile {
+    path: String,
 }
 
 fn kustomization(dir: &Path) -> Kustomization {
@@ -306,20 +332,32 @@ fn kustomization(dir: &Path) -> Kustomization {
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
     let k: Kustomization =
         serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
-    assert_eq!(k.kind, "Kustomization", "{}", file.display());
-    assert_eq!(
-        k.api_version,
-        "kustomize.config.k8s.io/v1beta1",
-        "{}",
-        file.display()
-    );
+    let expected_api = match k.kind.as_str() {
+        "Kustomization" => "kustomize.config.k8s.io/v1beta1",
+        "Component" => "kustomize.config.k8s.io/v1alpha1",
+        other => panic!("{}: unknown kind {other}", file.display()),
+    };
+    assert_eq!(k.api_version, expected_api, "{}", file.display());
     k
 }
 
 /// The files a kustomization directory installs, following nested directories.
 fn kustomized_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for resource in kustomization(dir).resources {
+    let k = kustomization(dir);
+    let inputs = k
+        .config_map_generator
+        .iter()
+        .flat_map(|g| g.files.iter())
+        .chain(k.patches.iter().map(|p| &p.path));
+    for input in inputs {
+        assert!(
+            dir.join(input).is_file(),
+            "{}/kustomization.yaml uses {input}, which does not exist",
+            dir.display()
+        );
+    }
+    for resource in k.resources {
         let path = dir.join(&resource);
         assert!(
             path.exists(),
@@ -1044,4 +1082,53 @@ fn namespaced_objects_live_in_the_provisioners_namespace() {
             );
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Several exports (deploy/examples/second-export, a kustomize Component)
+
+/// Every export the example's exports file names is mounted at its `mountPath` from a volume
+/// of the same server and path, and NFS_EXPORTS_CONFIG points at the mounted file.
+#[test]
+fn the_second_export_example_mounts_what_its_exports_file_names() {
+    let dir = root().join("deploy/examples/second-export");
+    let exports = nfs_provisioner::exports_file::load(&dir.join("exports.yaml"))
+        .unwrap_or_else(|e| panic!("exports.yaml: {e}"));
+    let text = std::fs::read_to_string(dir.join("deployment-patch.yaml")).unwrap();
+    let patch: Deployment = serde_yaml::from_str(&text).expect("deployment patch");
+    let pod = patch.spec.unwrap().template.spec.unwrap();
+    let container = &pod.containers[0];
+    let mounts = container.volume_mounts.as_deref().unwrap_or_default();
+    let volumes = pod.volumes.as_deref().unwrap_or_default();
+    let volume_at = |path: &str| {
+        let mount = mounts
+            .iter()
+            .find(|m| m.mount_path == path)
+            .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+        volumes
+            .iter()
+            .find(|v| v.name == mount.name)
+            .unwrap_or_else(|| panic!("no volume {}", mount.name))
+    };
+    for export in &exports {
+        let volume = volume_at(&export.mount_path.display().to_string());
+        let nfs = volume.nfs.as_ref().expect("an nfs volume");
+        assert_eq!(nfs.server, export.server, "{}", export.name);
+        assert_eq!(nfs.path, export.path.as_str(), "{}", export.name);
+    }
+    let config = container
+        .env
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|e| e.name == "NFS_EXPORTS_CONFIG")
+        .and_then(|e| e.value.clone())
+        .expect("NFS_EXPORTS_CONFIG");
+    let config = Path::new(&config);
+    let volume = volume_at(&config.parent().unwrap().display().to_string());
+    assert_eq!(
+        volume.config_map.as_ref().map(|c| c.name.as_str()),
+        Some("nfs-provisioner-exports")
+    );
+    assert_eq!(config.file_name().unwrap(), "exports.yaml");
 }

@@ -1,5 +1,5 @@
 //! The Kubernetes half: watch claims, volumes and classes; hand the NFS work to the
-//! [`NfsPlugin`]; create and delete PV objects, manage finalizers, write events and metrics.
+//! NFS volume plugin of each export ([`Exports`]); create and delete PV objects, manage finalizers, write events and metrics.
 //!
 //! * [`selection`] — which claims, classes and PVs are ours.
 //! * [`watches`] — the three watches and their caches; [`directory_index`] indexes cached
@@ -37,7 +37,7 @@ use tracing::{info, warn};
 
 use crate::admin::Readiness;
 use crate::metrics::Metrics;
-use crate::nfs_plugin::NfsPlugin;
+use crate::nfs_plugin::Exports;
 use crate::objects::{Claim, Class, Volume};
 pub use directory_index::DirectoryIndex;
 pub use error::{Error, Result};
@@ -57,7 +57,8 @@ pub enum WorkItem {
 pub struct Context {
     pub client: Client,
     pub selection: Selection,
-    pub plugin: NfsPlugin,
+    /// The NFS exports served, one plugin each.
+    pub exports: Exports,
     pub claims: Store<Claim>,
     pub volumes: Store<Volume>,
     pub classes: Store<Class>,
@@ -108,7 +109,7 @@ impl Controller {
     pub fn start(
         client: Client,
         selection: Selection,
-        plugin: NfsPlugin,
+        exports: Exports,
         events: EventPublisher,
         metrics: Metrics,
         readiness: Arc<Readiness>,
@@ -121,7 +122,7 @@ impl Controller {
         let ctx = Arc::new(Context {
             client,
             selection,
-            plugin,
+            exports,
             claims: watches.claims.clone(),
             volumes: watches.volumes.clone(),
             classes: watches.classes.clone(),

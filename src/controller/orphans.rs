@@ -17,38 +17,42 @@ use tracing::{info, warn};
 
 use super::other_volumes::ClusterVolumes;
 use super::{Context, Result};
-use crate::nfs_plugin::ReclaimOutcome;
+use crate::nfs_plugin::{NfsPlugin, ReclaimOutcome};
 use crate::persistent_volume::pv_name_for;
 use crate::planning::VolumeDirectory;
 
-/// Looks at every journal entry once. Failures are logged and retried at the next sweep.
+/// Looks at every journal entry of every export once. Failures are logged and retried at
+/// the next sweep; a hung export delays only its own entries.
 pub async fn sweep(ctx: &Context, term: &CancellationToken) {
-    let entries = match ctx.plugin.root().journal_entries(term).await {
-        Ok(entries) => entries,
-        Err(e) => {
-            warn!(error = %e, "could not read the orphan journal; trying again at the next sweep");
-            return;
-        }
-    };
-    for (uid, directory) in entries {
-        if term.is_cancelled() {
-            return;
-        }
-        if let Err(e) = handle(ctx, &uid, &directory, term).await {
-            warn!(claim_uid = %uid, %directory, error = %e, "could not handle an orphan journal entry; trying again at the next sweep");
+    for export in ctx.exports.iter() {
+        let entries = match export.root().journal_entries(term).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                warn!(export = export.name(), error = %e, "could not read the orphan journal; trying again at the next sweep");
+                continue;
+            }
+        };
+        for (uid, directory) in entries {
+            if term.is_cancelled() {
+                return;
+            }
+            if let Err(e) = handle(ctx, export, &uid, &directory, term).await {
+                warn!(export = export.name(), claim_uid = %uid, %directory, error = %e, "could not handle an orphan journal entry; trying again at the next sweep");
+            }
         }
     }
 }
 
 async fn handle(
     ctx: &Context,
+    export: &NfsPlugin,
     uid: &str,
     directory: &VolumeDirectory,
     term: &CancellationToken,
 ) -> Result<()> {
     let pv_name = pv_name_for(uid);
     if ctx.volumes.get(&ObjectRef::new(&pv_name)).is_some() {
-        ctx.plugin.forget_journal_entry(uid, term).await?;
+        export.forget_journal_entry(uid, term).await?;
         return Ok(());
     }
     // The claim still waits for its volume: provisioning goes on (and removes the entry).
@@ -60,16 +64,15 @@ async fn handle(
     if waiting {
         return Ok(());
     }
-    let owner = ctx.plugin.lock(directory).await;
+    let owner = export.lock(directory).await;
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     // A list by name, not a get: `list` is what the RBAC already grants for PVs.
     let named = ListParams::default().fields(&format!("metadata.name={pv_name}"));
     if !api.list(&named).await?.items.is_empty() {
-        ctx.plugin.forget_journal_entry(uid, term).await?;
+        export.forget_journal_entry(uid, term).await?;
         return Ok(());
     }
-    let outcome = ctx
-        .plugin
+    let outcome = export
         .archive_orphan(&owner, uid, &pv_name, directory, &ClusterVolumes(ctx), term)
         .await?;
     match outcome {

@@ -15,7 +15,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::Context;
-use crate::nfs_plugin::{LookupError, OtherVolumes, Overlap};
+use crate::nfs_plugin::{LookupError, NfsPlugin, OtherVolumes, Overlap};
 use crate::persistent_volume::{LABEL_DIRECTORY_TREE, directory_tree_label};
 use crate::planning::VolumeDirectory;
 
@@ -23,8 +23,8 @@ use crate::planning::VolumeDirectory;
 pub struct ClusterVolumes<'a>(pub &'a Context);
 
 impl ClusterVolumes<'_> {
-    /// A cached PV (other than `me`) whose directory overlaps `dir`.
-    pub fn in_cache(&self, me: &str, dir: &VolumeDirectory) -> Option<Overlap> {
+    /// A cached PV (other than `me`) whose directory overlaps `dir` of `export`.
+    pub fn in_cache(&self, export: &NfsPlugin, me: &str, dir: &VolumeDirectory) -> Option<Overlap> {
         let ctx = self.0;
         let mut seen = HashSet::new();
         for component in dir.components() {
@@ -33,7 +33,7 @@ impl ClusterVolumes<'_> {
                     continue;
                 }
                 if let Some(other) = ctx.volumes.get(&ObjectRef::new(&name))
-                    && let Some(overlap) = ctx.plugin.overlap_with(
+                    && let Some(overlap) = export.overlap_with(
                         me,
                         dir,
                         &other.name_any(),
@@ -51,6 +51,7 @@ impl ClusterVolumes<'_> {
     /// has them now.
     pub async fn in_api(
         &self,
+        export: &NfsPlugin,
         me: &str,
         dir: &VolumeDirectory,
     ) -> Result<Option<Overlap>, kube::Error> {
@@ -60,7 +61,7 @@ impl ClusterVolumes<'_> {
         let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
         let list = api.list(&ListParams::default().labels(&selector)).await?;
         Ok(list.items.iter().find_map(|other| {
-            ctx.plugin.overlap_with(
+            export.overlap_with(
                 me,
                 dir,
                 &other.name_any(),
@@ -73,13 +74,14 @@ impl ClusterVolumes<'_> {
 impl OtherVolumes for ClusterVolumes<'_> {
     async fn overlapping(
         &self,
+        export: &NfsPlugin,
         me: &str,
         dir: &VolumeDirectory,
     ) -> Result<Option<Overlap>, LookupError> {
-        if let Some(overlap) = self.in_cache(me, dir) {
+        if let Some(overlap) = self.in_cache(export, me, dir) {
             return Ok(Some(overlap));
         }
-        self.in_api(me, dir)
+        self.in_api(export, me, dir)
             .await
             .map_err(|e| LookupError(Box::new(e)))
     }

@@ -69,7 +69,7 @@ async fn provision(
     // No `Provisioning` Normal event before the work (the Go provisioner writes one): it
     // doubled the event writes per claim, and a claim's outcome is always reported, as
     // `ProvisioningSucceeded` or as a `ProvisioningFailed` Warning per failed attempt.
-    let volume = ctx.plugin.provision(claim, class, pv_name, term).await?;
+    let volume = ctx.exports.provision(claim, class, pv_name, term).await?;
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     match api.create(&PostParams::default(), &volume.pv).await {
         Ok(_) => {}
@@ -86,7 +86,7 @@ async fn provision(
         Err(e) => return Err(e.into()),
     }
     let path = volume.directory.clone();
-    ctx.plugin.provisioned(volume, term).await?;
+    volume.created(term).await?;
     info!(directory = %path, "provisioned volume");
     // Written in the background: the worker moves on to the next claim instead of waiting
     // for a write that only people read.

@@ -159,7 +159,7 @@ async fn apply(
     }
     // A PV whose policy cannot be applied stays Released, with an event, until an admin acts.
     let class = class_of(ctx, pv);
-    if let Err(e) = ctx.plugin.plan_reclaim(pv, class.as_deref()) {
+    if let Err(e) = ctx.exports.check_reclaim(pv, class.as_deref()) {
         let e = Error::from(e);
         report_failure(ctx, pv, &e, false).await;
         return Err(e);
@@ -193,7 +193,7 @@ async fn cleanup(
     let started = Instant::now();
     let class = class_of(ctx, pv);
     let result = ctx
-        .plugin
+        .exports
         .reclaim(pv, class.as_deref(), &ClusterVolumes(ctx), term)
         .await;
     match result {

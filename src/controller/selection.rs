@@ -31,18 +31,18 @@ pub enum Ownership {
     Foreign,
 }
 
-/// The one definition of "ours" for one provisioner name and NFS server.
+/// The one definition of "ours" for one provisioner name and the NFS servers of its exports.
 #[derive(Debug, Clone)]
 pub struct Selection {
     provisioner_name: String,
-    nfs_server: String,
+    nfs_servers: Vec<String>,
 }
 
 impl Selection {
-    pub fn new(provisioner_name: &str, nfs_server: &str) -> Self {
+    pub fn new(provisioner_name: &str, nfs_servers: &[&str]) -> Self {
         Selection {
             provisioner_name: provisioner_name.to_string(),
-            nfs_server: nfs_server.to_string(),
+            nfs_servers: nfs_servers.iter().map(|s| s.to_string()).collect(),
         }
     }
 
@@ -78,8 +78,8 @@ impl Selection {
         }
     }
 
-    /// Whether a PV goes into the cache: ours (to reconcile), and NFS PVs of our server
-    /// (reduced to name and source), because a directory another PV points at is never
+    /// Whether a PV goes into the cache: ours (to reconcile), and NFS PVs of our exports'
+    /// servers (reduced to name and source), because a directory another PV points at is never
     /// deleted or archived.
     pub fn caches_volume(&self, pv: &Volume) -> bool {
         self.ownership(pv) != Ownership::Foreign || self.same_server(pv)
@@ -89,7 +89,7 @@ impl Selection {
         pv.spec
             .as_ref()
             .and_then(|s| s.nfs.as_ref())
-            .is_some_and(|nfs| nfs.server == self.nfs_server)
+            .is_some_and(|nfs| self.nfs_servers.contains(&nfs.server))
     }
 }
 
@@ -124,7 +124,7 @@ mod tests {
     use serde_json::json;
 
     fn selection() -> Selection {
-        Selection::new("me", "filer")
+        Selection::new("me", &["filer", "second"])
     }
 
     fn class(mode: &str) -> Class {
@@ -217,6 +217,7 @@ mod tests {
         assert!(s.caches_volume(&volume(json!({ANN_PROVISIONED_BY: "me"}), &[], "x")));
         assert!(s.caches_volume(&volume(json!({}), &[FINALIZER], "x")));
         assert!(s.caches_volume(&volume(json!({ANN_PROVISIONED_BY: "other"}), &[], "filer")));
+        assert!(s.caches_volume(&volume(json!({}), &[], "second")));
         assert!(!s.caches_volume(&volume(json!({ANN_PROVISIONED_BY: "other"}), &[], "x")));
     }
 }

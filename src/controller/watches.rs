@@ -311,7 +311,7 @@ mod tests {
     }
 
     fn sel() -> Selection {
-        Selection::new("me", "filer")
+        Selection::new("me", &["filer"])
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub enum VolumeError {
     ForeignServer { found: String, ours: String },
     #[error("the PV has no spec.nfs")]
     NotNfs,
+    #[error(
+        "the StorageClass names export {name:?}, which this provisioner does not serve (it serves: {served}); set the class parameter `export` to one of those, or add the export to the provisioner's exports configuration"
+    )]
+    UnknownExport { name: String, served: String },
     #[error("the recorded delete policy {0:?} is not one of delete, retain, archive")]
     InvalidRecordedPolicy(String),
     #[error("{0}")]
@@ -65,6 +69,7 @@ impl VolumeError {
             VolumeError::PathOutsideExport { .. } => "path_outside_export",
             VolumeError::ForeignServer { .. } => "foreign_server",
             VolumeError::NotNfs => "not_nfs",
+            VolumeError::UnknownExport { .. } => "unknown_export",
             VolumeError::InvalidRecordedPolicy(_) => "invalid_recorded_policy",
             VolumeError::Storage(e) => e.label(),
             VolumeError::Lookup(_) => "kube_api",

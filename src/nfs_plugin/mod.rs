@@ -12,6 +12,7 @@
 pub mod delete_policy;
 pub mod directory_locks;
 mod error;
+mod exports;
 pub mod overlap;
 mod provision;
 mod reclaim;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 
 pub use directory_locks::{DirectoryGuard, DirectoryLocks};
 pub use error::{LookupError, VolumeError};
+pub use exports::Exports;
 pub use overlap::{OtherVolumes, Overlap, Relation};
 pub use provision::{ProvisionedVolume, refusal_of};
 pub use reclaim::{KeptBecause, ReclaimOutcome};
@@ -32,6 +34,8 @@ use crate::storage::NfsRoot;
 /// One NFS export as this provisioner serves it: where PVs point (server and export path),
 /// where it is mounted here, and who may work on which directory.
 pub struct NfsPlugin {
+    /// The export's name (`default` for `NFS_SERVER` / `NFS_PATH`).
+    name: String,
     provisioner_name: String,
     nfs_server: String,
     export: ExportPath,
@@ -43,6 +47,7 @@ pub struct NfsPlugin {
 
 impl NfsPlugin {
     pub fn new(
+        name: &str,
         provisioner_name: &str,
         nfs_server: &str,
         export: ExportPath,
@@ -50,6 +55,7 @@ impl NfsPlugin {
         root: NfsRoot,
     ) -> Self {
         NfsPlugin {
+            name: name.to_string(),
             provisioner_name: provisioner_name.to_string(),
             nfs_server: nfs_server.to_string(),
             export,
@@ -57,6 +63,10 @@ impl NfsPlugin {
             root,
             locks: Default::default(),
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     pub fn nfs_server(&self) -> &str {

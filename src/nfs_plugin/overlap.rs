@@ -54,10 +54,11 @@ impl fmt::Display for Overlap {
 
 /// What the plugin needs to know of the other PVs of the cluster.
 pub trait OtherVolumes: Sync {
-    /// A PV other than `me` whose directory overlaps `dir` (judge candidates with
-    /// [`NfsPlugin::overlap_with`]), or `None` when no PV does.
+    /// A PV other than `me` whose directory overlaps `dir` of `export` (judge candidates
+    /// with [`NfsPlugin::overlap_with`]), or `None` when no PV does.
     fn overlapping(
         &self,
+        export: &NfsPlugin,
         me: &str,
         dir: &VolumeDirectory,
     ) -> impl Future<Output = Result<Option<Overlap>, LookupError>> + Send;

@@ -10,7 +10,7 @@ use crate::objects::{Claim, Class};
 use crate::parameters::DirectoryPermissions;
 use crate::persistent_volume::{VolumeSpec, directory_tree_label, requested_storage};
 use crate::planning::{VolumeDirectory, VolumeRequest, plan_directory};
-use crate::storage::CreateOutcome;
+use crate::storage::{CreateOutcome, NfsRoot};
 
 /// A directory made (or found) for a claim and the PV object to create for it. Holds the
 /// directory's lock until [`NfsPlugin::provisioned`] (or until dropped, when creating the PV
@@ -21,7 +21,17 @@ pub struct ProvisionedVolume {
     /// The directory existed before this volume (its delete policy will keep it).
     pub directory_existed: bool,
     claim_uid: String,
+    root: NfsRoot,
     _owner: DirectoryGuard,
+}
+
+impl ProvisionedVolume {
+    /// The PV exists: its reclaim owns the directory from now on. Forgets the journal entry
+    /// and releases the directory.
+    pub async fn created(self, term: &CancellationToken) -> Result<(), VolumeError> {
+        self.root.journal_remove(&self.claim_uid, term).await?;
+        Ok(())
+    }
 }
 
 /// Claims this provisioner refuses whatever the class says, and why.
@@ -168,18 +178,8 @@ impl NfsPlugin {
             directory,
             directory_existed,
             claim_uid: request.claim_uid,
+            root: self.root.clone(),
             _owner: owner,
         })
-    }
-
-    /// The PV of `volume` exists: its reclaim owns the directory from now on. Forgets the
-    /// journal entry and releases the directory.
-    pub async fn provisioned(
-        &self,
-        volume: ProvisionedVolume,
-        term: &CancellationToken,
-    ) -> Result<(), VolumeError> {
-        self.root.journal_remove(&volume.claim_uid, term).await?;
-        Ok(())
     }
 }

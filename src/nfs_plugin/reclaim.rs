@@ -142,7 +142,7 @@ impl NfsPlugin {
         // One owner per directory tree from here until the directory is gone: a claim
         // recreated meanwhile waits for it instead of getting a directory being deleted.
         let owner = self.lock(&directory).await;
-        if let Some(overlap) = others.overlapping(&me, &directory).await? {
+        if let Some(overlap) = others.overlapping(self, &me, &directory).await? {
             let outcome = ReclaimOutcome::Kept {
                 directory: Some(directory),
                 because: KeptBecause::Shared(overlap),
@@ -179,7 +179,7 @@ impl NfsPlugin {
     ) -> Result<ReclaimOutcome, VolumeError> {
         /// Namespace part of an orphan's archive name (its claim is gone; its uid names it).
         const ORPHAN_ARCHIVE_NAMESPACE: &str = "orphan";
-        let outcome = match others.overlapping(pv_name, directory).await? {
+        let outcome = match others.overlapping(self, pv_name, directory).await? {
             Some(overlap) => ReclaimOutcome::Kept {
                 directory: Some(directory.clone()),
                 because: KeptBecause::Shared(overlap),

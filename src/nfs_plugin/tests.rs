@@ -25,6 +25,7 @@ struct InMemory {
 impl OtherVolumes for InMemory {
     async fn overlapping(
         &self,
+        _export: &NfsPlugin,
         me: &str,
         dir: &VolumeDirectory,
     ) -> Result<Option<Overlap>, LookupError> {
@@ -50,6 +51,7 @@ struct Unreachable;
 impl OtherVolumes for Unreachable {
     async fn overlapping(
         &self,
+        _export: &NfsPlugin,
         _me: &str,
         _dir: &VolumeDirectory,
     ) -> Result<Option<Overlap>, LookupError> {
@@ -62,6 +64,7 @@ async fn plugin(root: &Path) -> NfsPlugin {
         .await
         .unwrap();
     NfsPlugin::new(
+        "default",
         "example.com/nfs",
         "filer",
         ExportPath::new(EXPORT).unwrap(),
@@ -140,7 +143,7 @@ async fn provisioning_creates_the_directory_and_a_pv_pointing_at_it() {
     // Until the PV exists the journal remembers the directory; then it forgets it.
     let journal = plugin.root().journal_entries(&never).await.unwrap();
     assert_eq!(journal.len(), 1);
-    plugin.provisioned(volume, &never).await.unwrap();
+    volume.created(&never).await.unwrap();
     assert!(
         plugin
             .root()

@@ -369,6 +369,7 @@ async fn a_claim_recreated_during_its_old_volumes_delete_keeps_its_new_directory
                 }
             }
         })),
+        ..Default::default()
     };
     let p = RunningProvisioner::start_instrumented(
         &c.provisioner_options(root.path()),

@@ -14,7 +14,7 @@ use crate::cluster::TestCluster;
 use crate::provisioner::RunningProvisioner;
 
 /// Minimal HTTP GET: (status, body).
-fn get(url: &str) -> (u16, String) {
+pub(crate) fn get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = std::net::TcpStream::connect(host).expect("admin endpoint reachable");
@@ -35,7 +35,7 @@ fn get(url: &str) -> (u16, String) {
 }
 
 /// The value of one sample line (`name{labels} value`) in a metrics page.
-fn sample(page: &str, series: &str) -> Option<f64> {
+pub(crate) fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())
@@ -57,6 +57,7 @@ async fn metrics_and_readiness_follow_a_provisioning_run() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         })),
+        ..Default::default()
     };
     let mut options = c.provisioner_options(root.path());
     options.extra_args = ["--nfs-probe-interval", "100ms", "--fs-timeout", "500ms"]
@@ -96,7 +97,10 @@ async fn metrics_and_readiness_follow_a_provisioning_run() {
     assert_eq!(sample(&page, &count_series), Some(5.0), "{page}");
     assert_eq!(sample(&page, "nfs_provisioner_leader"), Some(1.0), "{page}");
     assert_eq!(
-        sample(&page, "nfs_provisioner_nfs_root_healthy"),
+        sample(
+            &page,
+            "nfs_provisioner_nfs_root_healthy{export=\"default\"}"
+        ),
         Some(1.0),
         "{page}"
     );
@@ -116,12 +120,15 @@ async fn metrics_and_readiness_follow_a_provisioning_run() {
         })
         .await;
     assert!(
-        body.contains("nfs-root") && body.contains("not responding"),
+        body.contains("nfs-root default") && body.contains("not responding"),
         "{body}"
     );
     let (_, page) = get(&p.admin_url("/metrics"));
     assert_eq!(
-        sample(&page, "nfs_provisioner_nfs_root_healthy"),
+        sample(
+            &page,
+            "nfs_provisioner_nfs_root_healthy{export=\"default\"}"
+        ),
         Some(0.0),
         "{page}"
     );
