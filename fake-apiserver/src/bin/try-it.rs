@@ -117,7 +117,7 @@ async fn run(opts: LocalClusterOptions) -> ExitCode {
     println!(
         "\nFake Kubernetes API server (v1.33) at {url}, provisioner attached.\n\
          NFS root (each claim's directory appears here): {root}\n\n\
-         In another terminal:\n\n  \
+         In another terminal, from this repository:\n\n  \
          export KUBECONFIG={kubeconfig}\n  \
          kubectl apply -f deploy/examples/test-claim.yaml\n  \
          kubectl get pvc,pv\n  \
