@@ -33,18 +33,15 @@ pub(crate) fn document(
     let aggregated = version == KubeVersion::V1_33 && accepts_aggregated(accept);
     let doc = match path {
         "/version" => ok(version_info(version)),
-        "/api" if aggregated => aggregated_doc(vec![aggregated_group(version, "")]),
+        "/api" if aggregated => aggregated_doc(vec![aggregated_group("")]),
         "/api" => ok(json!({
             "kind": "APIVersions",
             "versions": ["v1"],
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": host}],
         })),
-        "/apis" if aggregated => aggregated_doc(
-            GROUPS
-                .iter()
-                .map(|g| aggregated_group(version, g))
-                .collect(),
-        ),
+        "/apis" if aggregated => {
+            aggregated_doc(GROUPS.iter().map(|g| aggregated_group(g)).collect())
+        }
         "/apis" => ok(json!({
             "kind": "APIGroupList",
             "apiVersion": "v1",
@@ -213,7 +210,7 @@ fn aggregated_doc(items: Vec<Value>) -> Document {
 }
 
 /// One `APIGroupDiscovery` item of the aggregated documents.
-fn aggregated_group(_version: KubeVersion, group: &str) -> Value {
+fn aggregated_group(group: &str) -> Value {
     let response_kind = |k: Kind| json!({"group": "", "version": "", "kind": k.kind()});
     let resources: Vec<Value> = kinds_of(group)
         .into_iter()
