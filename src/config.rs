@@ -144,6 +144,18 @@ pub struct Cli {
     /// Log level or filter (`info`, `debug`, `nfs_provisioner=debug`); `RUST_LOG` wins if set.
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// A one-off command instead of running the provisioner.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// One-off commands.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Removes this project's finalizer, annotations and label from the PVs of a provisioner
+    /// name, so the Go nfs-subdir-external-provisioner can take them over again.
+    HandBack(crate::hand_back::HandBackArgs),
 }
 
 /// Validated settings the rest of the program runs on.

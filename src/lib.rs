@@ -11,6 +11,7 @@
 //!   finalizers, events.
 //! * [`leader`] — leader election on a Lease.
 //! * [`admin`], [`metrics`] — health, readiness and Prometheus metrics.
+//! * [`hand_back`] — `nfs-provisioner hand-back`: PVs back to the Go provisioner.
 //! * [`app`] — wires one process together; [`kube_client`] — the rate-limited API client;
 //!   [`memory`] — allocator tuning.
 
@@ -19,6 +20,7 @@ pub mod app;
 pub mod config;
 pub mod controller;
 pub mod exports_file;
+pub mod hand_back;
 pub mod kube_client;
 pub mod leader;
 pub mod memory;

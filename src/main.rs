@@ -5,8 +5,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-use nfs_provisioner::config::{Cli, LogFormat, Settings};
-use nfs_provisioner::{app, kube_client};
+use nfs_provisioner::config::{Cli, Command, LogFormat, Settings};
+use nfs_provisioner::{app, hand_back, kube_client};
 
 /// Exit codes: 0 clean shutdown, 1 runtime failure, 2 bad settings, 130 second signal.
 fn main() -> ExitCode {
@@ -18,12 +18,25 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's first paragraph, on one line (a missing argument is named on the next).
             let rendered = e.to_string();
-            let line = rendered.lines().next().unwrap_or("invalid arguments");
+            let paragraph: Vec<&str> = rendered
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = if paragraph.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                paragraph.join(" ")
+            };
             eprintln!("{line}");
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::HandBack(args)) = cli.command.clone() {
+        return hand_back(args);
+    }
     let settings = match cli.validate() {
         Ok(s) => s,
         Err(e) => {
@@ -47,6 +60,43 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(run(settings))
+}
+
+/// `nfs-provisioner hand-back`: 0 done (or nothing to do), 1 refused or failed, 2 bad flags.
+fn hand_back(args: hand_back::HandBackArgs) -> ExitCode {
+    if let Err(e) = args.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let client = match kube_client::load_config(args.kubeconfig.as_deref())
+            .await
+            .and_then(kube::Client::try_from)
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: cannot load the Kubernetes client configuration: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match hand_back::run(client, &args, &mut std::io::stdout()).await {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn init_logging(settings: &Settings) -> Result<(), String> {

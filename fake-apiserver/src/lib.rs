@@ -5,14 +5,17 @@
 //! with a bearer token from [`FakeApiServer::token_for`], and drive or inspect it through
 //! the test API on [`FakeApiServer`]. See README.md for what it models.
 
+mod discovery;
 mod faults;
 mod kcm;
+pub mod local_cluster;
 mod patch;
 mod rbac;
 mod resource;
 mod server;
 mod status;
 mod store;
+mod table;
 mod util;
 
 pub use faults::{Fault, FaultAction, FaultHandle, Partition, RequestRecord};

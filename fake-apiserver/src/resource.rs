@@ -114,6 +114,50 @@ impl Kind {
         }
     }
 
+    /// Short names kubectl accepts (`kubectl get pvc`), as discovery lists them.
+    pub fn short_names(self) -> &'static [&'static str] {
+        match self {
+            Kind::PersistentVolumeClaim => &["pvc"],
+            Kind::PersistentVolume => &["pv"],
+            Kind::CoreEvent | Kind::Event => &["ev"],
+            Kind::Namespace => &["ns"],
+            Kind::StorageClass => &["sc"],
+            Kind::Lease => &[],
+        }
+    }
+
+    /// Singular resource name (discovery's `singularName`).
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::PersistentVolumeClaim => "persistentvolumeclaim",
+            Kind::PersistentVolume => "persistentvolume",
+            Kind::CoreEvent | Kind::Event => "event",
+            Kind::Namespace => "namespace",
+            Kind::StorageClass => "storageclass",
+            Kind::Lease => "lease",
+        }
+    }
+
+    /// Verbs discovery lists for the resource (namespaces have no `deletecollection`).
+    pub fn verbs(self) -> &'static [&'static str] {
+        if self == Kind::Namespace {
+            &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ]
+        } else {
+            &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ]
+        }
+    }
+
     /// Finds the kind for a URL's group and resource.
     pub fn from_group_resource(group: &str, resource: &str) -> Option<Kind> {
         Kind::ALL

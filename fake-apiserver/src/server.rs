@@ -1,12 +1,14 @@
 //! HTTP/1.1: routing, authentication, faults, RBAC, the REST verbs and watch streams.
 
 use crate::Inner;
+use crate::discovery;
 use crate::faults::{FaultAction, Partition, RequestInfo, RequestRecord};
 use crate::patch;
 use crate::rbac::Attributes;
 use crate::resource::Kind;
 use crate::status::ApiError;
 use crate::store::{EventType, Key, ListQuery, Store, key_of};
+use crate::table::{self, IncludeObject, TableOptions};
 use crate::util::{self, Requirement};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
@@ -201,6 +203,14 @@ pub(crate) async fn handle(
         .get(hyper::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(|s| s.to_string());
+    let header = |name: hyper::header::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let accept = header(hyper::header::ACCEPT);
+    let host = header(hyper::header::HOST).unwrap_or_else(|| "127.0.0.1".to_string());
     let token = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -308,6 +318,7 @@ pub(crate) async fn handle(
                 &user,
                 &query,
                 content_type.as_deref(),
+                accept.as_deref(),
                 &body,
             )
             .await
@@ -315,7 +326,20 @@ pub(crate) async fn handle(
         (Some(_), None) => Err(ApiError::method_not_allowed(
             "the server does not allow this method on the requested resource".to_string(),
         )),
-        (None, _) => Err(ApiError::no_route()),
+        (None, _) => {
+            let version = inner.store.lock().expect("lock").version;
+            match discovery::document(version, &path, accept.as_deref(), &host) {
+                Some(doc) if method == Method::GET => {
+                    let mut r = full(doc.code, doc.body);
+                    r.headers_mut().insert(
+                        hyper::header::CONTENT_TYPE,
+                        hyper::header::HeaderValue::from_static(doc.content_type),
+                    );
+                    Ok(r)
+                }
+                _ => Err(ApiError::no_route()),
+            }
+        }
     };
     let response = match response {
         Ok(r) => r,
@@ -361,10 +385,22 @@ async fn dispatch(
     user: &str,
     query: &[(String, String)],
     content_type: Option<&str>,
+    accept: Option<&str>,
     body: &[u8],
 ) -> Result<Response<RespBody>, ApiError> {
     let kind = route.kind;
     let (labels, fields) = selectors(query)?;
+    let table = match table::requested(accept) {
+        Some(api_version) if matches!(verb, "get" | "list" | "watch") => Some(TableOptions {
+            api_version,
+            include: IncludeObject::from_query(query_get(query, "includeObject"))
+                .map_err(ApiError::bad_request)?,
+            columns: true,
+            kube_version: inner.store.lock().expect("lock").version,
+            now: util::now_unix(),
+        }),
+        _ => None,
+    };
     // RBAC
     let rbac = inner.rbac.lock().expect("lock").clone();
     if let Some(policy) = rbac {
@@ -408,6 +444,15 @@ async fn dispatch(
                 .expect("lock")
                 .get(kind, &key)
                 .ok_or_else(|| ApiError::not_found(kind, &key.1))?;
+            if let Some(t) = &table {
+                let rv = util::meta_str(&obj, "resourceVersion").unwrap_or_default();
+                let metadata = json!({"resourceVersion": rv});
+                let obj: &Value = &obj;
+                return Ok(object_response(
+                    200,
+                    &table::table(kind, std::slice::from_ref(obj), metadata, t),
+                ));
+            }
             Ok(object_response(200, &obj))
         }
         "list" => {
@@ -434,6 +479,14 @@ async fn dispatch(
                 exact_rv,
             };
             let list = inner.store.lock().expect("lock").list(kind, &q)?;
+            if let Some(t) = &table {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                let metadata = list.get("metadata").cloned().unwrap_or(json!({}));
+                return Ok(object_response(
+                    200,
+                    &table::table(kind, &items, metadata, t),
+                ));
+            }
             Ok(object_response(200, &list))
         }
         "watch" => {
@@ -441,7 +494,7 @@ async fn dispatch(
             if let Some(n) = &route.name {
                 fields.push(Requirement::Eq("metadata.name".into(), n.clone()));
             }
-            start_watch(inner, route, user, query, labels, fields)
+            start_watch(inner, route, user, query, labels, fields, table)
         }
         "create" => {
             let obj = parse_body(body)?;
@@ -592,6 +645,7 @@ fn start_watch(
     query: &[(String, String)],
     labels: Vec<Requirement>,
     fields: Vec<Requirement>,
+    table: Option<TableOptions>,
 ) -> Result<Response<RespBody>, ApiError> {
     let kind = route.kind;
     let filter = WatchFilter {
@@ -656,6 +710,7 @@ fn start_watch(
                 bookmarks,
                 deadline,
                 user,
+                table,
             },
         )
         .await;
@@ -676,6 +731,8 @@ struct WatchStart {
     bookmarks: bool,
     deadline: Instant,
     user: String,
+    /// `kubectl get --watch`: every object becomes a one-row Table.
+    table: Option<TableOptions>,
 }
 
 enum Batch {
@@ -702,8 +759,25 @@ async fn run_watch(
     start: WatchStart,
 ) {
     let mut last = start.last;
+    let mut as_table = start.table;
+    let mut line = |etype: &str, obj: &Value| match as_table.as_mut() {
+        Some(t) => {
+            t.now = util::now_unix();
+            let rv = util::meta_str(obj, "resourceVersion").unwrap_or_default();
+            let table = table::table(
+                kind,
+                std::slice::from_ref(obj),
+                json!({"resourceVersion": rv}),
+                t,
+            );
+            // only the first event carries the column definitions
+            t.columns = false;
+            watch_line(etype, &table)
+        }
+        None => watch_line(etype, obj),
+    };
     for obj in &start.initial {
-        if tx.send(Ok(watch_line("ADDED", obj))).await.is_err() {
+        if tx.send(Ok(line("ADDED", obj))).await.is_err() {
             return;
         }
     }
@@ -766,7 +840,7 @@ async fn run_watch(
                         _ => None,
                     };
                     if let Some(t) = etype
-                        && tx.send(Ok(watch_line(t, &e.obj))).await.is_err()
+                        && tx.send(Ok(line(t, &e.obj))).await.is_err()
                     {
                         return;
                     }

@@ -74,6 +74,24 @@ pub async fn raw(
     content_type: Option<&str>,
     body: Option<&Value>,
 ) -> RawResponse {
+    raw_with_headers(srv, method, path, token, content_type, body, &[]).await
+}
+
+/// A GET as kubectl sends it: with an `Accept` header.
+pub async fn get_accepting(srv: &FakeApiServer, path: &str, accept: &str) -> RawResponse {
+    raw_with_headers(srv, "GET", path, None, None, None, &[("Accept", accept)]).await
+}
+
+/// [`raw`] with extra request headers.
+pub async fn raw_with_headers(
+    srv: &FakeApiServer,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: Option<&str>,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> RawResponse {
     let mut s = tokio::net::TcpStream::connect(srv.addr())
         .await
         .expect("connect");
@@ -84,6 +102,9 @@ pub async fn raw(
     }
     if let Some(ct) = content_type {
         req.push_str(&format!("Content-Type: {ct}\r\n"));
+    }
+    for (name, value) in headers {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     s.write_all(req.as_bytes()).await.expect("write");
