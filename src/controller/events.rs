@@ -171,9 +171,10 @@ impl EventPublisher {
         let now = Timestamp::now();
         let controller = &self.reporter.controller;
         let action = match reason {
-            REASON_VOLUME_FAILED_DELETE | REASON_DIRECTORY_SHARED | REASON_DATA_PREDATES_VOLUME => {
-                "Delete"
-            }
+            REASON_VOLUME_FAILED_DELETE
+            | REASON_DIRECTORY_SHARED
+            | REASON_DATA_PREDATES_VOLUME
+            | REASON_RELEASED_UNTOUCHED => "Delete",
             _ => "Provision",
         };
         K8sEvent {
@@ -235,4 +236,80 @@ fn truncate(mut s: String, max: usize) -> String {
         s.truncate(cut);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publisher() -> EventPublisher {
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = Client::try_from(config).unwrap();
+        EventPublisher::new(client, "example.com/nfs", "pod-0_abc", Metrics::new())
+    }
+
+    fn reference(namespace: Option<&str>, kind: &str) -> ObjectReference {
+        ObjectReference {
+            kind: Some(kind.into()),
+            name: Some("target".into()),
+            namespace: namespace.map(String::from),
+            uid: Some("u-1".into()),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_volume_event_goes_to_kube_system_and_a_claim_event_to_its_namespace() {
+        let p = publisher();
+        let pv = p.event(
+            &reference(None, "PersistentVolume"),
+            "Warning",
+            REASON_DIRECTORY_SHARED,
+            "kept".into(),
+        );
+        assert_eq!(pv.metadata.namespace.as_deref(), Some("kube-system"));
+        assert_eq!(pv.action.as_deref(), Some("Delete"));
+        assert_eq!(pv.reporting_controller.as_deref(), Some("example.com/nfs"));
+        assert_eq!(pv.reporting_instance.as_deref(), Some("pod-0_abc"));
+        assert!(pv.metadata.name.unwrap().starts_with("target."));
+        let claim = p.event(
+            &reference(Some("team"), "PersistentVolumeClaim"),
+            "Normal",
+            REASON_PROVISIONING_SUCCEEDED,
+            "done".into(),
+        );
+        assert_eq!(claim.metadata.namespace.as_deref(), Some("team"));
+        assert_eq!(claim.action.as_deref(), Some("Provision"));
+        assert_eq!(claim.type_.as_deref(), Some("Normal"));
+    }
+
+    #[tokio::test]
+    async fn every_volume_reason_is_a_delete_action() {
+        let p = publisher();
+        for reason in [
+            REASON_VOLUME_FAILED_DELETE,
+            REASON_DIRECTORY_SHARED,
+            REASON_DATA_PREDATES_VOLUME,
+            REASON_RELEASED_UNTOUCHED,
+        ] {
+            let e = p.event(
+                &reference(None, "PersistentVolume"),
+                "Warning",
+                reason,
+                String::new(),
+            );
+            assert_eq!(e.action.as_deref(), Some("Delete"), "{reason}");
+        }
+    }
+
+    #[test]
+    fn notes_are_cut_to_what_the_api_server_accepts_on_a_character_boundary() {
+        let long = "é".repeat(600); // 1200 bytes
+        let cut = truncate(long, 1024);
+        assert_eq!(cut.len(), 1024);
+        assert!(cut.chars().all(|c| c == 'é'));
+        let odd = format!("a{}", "é".repeat(600));
+        assert_eq!(truncate(odd, 1024).len(), 1023, "never splits a character");
+        assert_eq!(truncate("short".into(), 1024), "short");
+    }
 }
