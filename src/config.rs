@@ -51,7 +51,8 @@ pub struct Cli {
     #[arg(long, env = "NFS_EXPORTS_CONFIG")]
     pub exports_config: Option<PathBuf>,
 
-    /// Kubeconfig to use outside the cluster; in-cluster config is used when unset.
+    /// Kubeconfig to use outside the cluster. When unset: `~/.kube/config` if it exists,
+    /// otherwise the in-cluster config (the pod's service account).
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
 

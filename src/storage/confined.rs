@@ -230,15 +230,17 @@ fn create_once(
             Err(e) => return Err(fs_error("open", &path, e).into()),
         };
         if created {
-            if perms.uid.is_some() || perms.gid.is_some() {
-                fchown(
-                    &child,
-                    perms.uid.map(Uid::from_raw),
-                    perms.gid.map(Gid::from_raw),
-                )
-                .map_err(|e| fs_error("chown", &path, e))?;
+            if let Err(e) = configure_new_directory(child.as_fd(), perms, mode, &path) {
+                // Leave no half-configured directory behind: the next attempt would find it,
+                // take it for one that existed before the volume and never fix its owner or
+                // mode. It was created by this call and is empty unless something wrote into
+                // it meanwhile, in which case rmdir fails and it stays (with the error).
+                drop(child);
+                if let Err(rmdir) = unlinkat(&parent, component, UnlinkatFlags::RemoveDir) {
+                    tracing::warn!(path = %path, error = %rmdir, "could not remove the directory whose owner or mode could not be set");
+                }
+                return Err(e.into());
             }
-            fchmod(&child, mode).map_err(|e| fs_error("chmod", &path, e))?;
             tracing::debug!(path = %path, mode = format_args!("{:o}", perms.mode), "created directory");
         }
         created_last = created;
@@ -249,6 +251,37 @@ fn create_once(
     } else {
         CreateOutcome::AlreadyExisted
     })
+}
+
+/// Gives a directory this call created its owner (when configured) and mode.
+fn configure_new_directory(
+    dir: BorrowedFd<'_>,
+    perms: &DirectoryPermissions,
+    mode: Mode,
+    path: &str,
+) -> Result<(), StorageError> {
+    if perms.uid.is_some() || perms.gid.is_some() {
+        match fchown(
+            dir,
+            perms.uid.map(Uid::from_raw),
+            perms.gid.map(Gid::from_raw),
+        ) {
+            Ok(()) => {}
+            // EPERM: no CHOWN capability (or not a member of the group); EINVAL: the id is
+            // not mapped in the process's user namespace.
+            Err(errno @ (Errno::EPERM | Errno::EINVAL)) => {
+                return Err(StorageError::OwnerNotPermitted {
+                    path: path.to_owned(),
+                    uid: perms.uid,
+                    gid: perms.gid,
+                    process_uid: nix::unistd::geteuid().as_raw(),
+                    source: std::io::Error::from_raw_os_error(errno as i32),
+                });
+            }
+            Err(e) => return Err(fs_error("chown", path, e)),
+        }
+    }
+    fchmod(dir, mode).map_err(|e| fs_error("chmod", path, e))
 }
 
 /// Opens the volume directory for removal or renaming, or reports it gone.

@@ -101,6 +101,27 @@ pub enum StorageError {
     },
     #[error("no free archive name for {base:?} after {attempts} attempts")]
     ArchiveNameUnavailable { base: String, attempts: usize },
+    /// A directory created for a volume could not be given its configured owner, typically
+    /// because the provisioner runs without the CHOWN capability (PodSecurity `restricted`)
+    /// or the server squashes its uid. The new directory was removed again.
+    #[error(
+        "cannot give new directory {path:?} owner {} group {}: {source}; the provisioner runs as uid {process_uid} without the right to chown (no CHOWN capability, as in the PodSecurity restricted mode, or an export with root_squash). Unset the StorageClass's directoryUid/directoryGid, the claim's k8s-sigs.io/nfs-directory-uid/gid annotations and NFS_DEFAULT_UID/NFS_DEFAULT_GID, or run the provisioner as root with CHOWN on an export without root_squash. The directory was removed again",
+        id_or_unchanged(*uid),
+        id_or_unchanged(*gid)
+    )]
+    OwnerNotPermitted {
+        path: String,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        process_uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A uid/gid as chown(2) takes it: unset means "leave unchanged".
+fn id_or_unchanged(id: Option<u32>) -> String {
+    id.map_or_else(|| "unchanged".to_owned(), |id| id.to_string())
 }
 
 impl StorageError {
@@ -113,6 +134,7 @@ impl StorageError {
             StorageError::Unsafe { .. } => "unsafe_path",
             StorageError::Io { .. } => "io",
             StorageError::ArchiveNameUnavailable { .. } => "archive_name_unavailable",
+            StorageError::OwnerNotPermitted { .. } => "owner_not_permitted",
         }
     }
 }

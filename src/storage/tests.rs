@@ -117,6 +117,108 @@ fn create_applies_owner_when_root() {
     }
 }
 
+/// Runs `work` on a thread whose credentials are those of an unprivileged user (uid and gid
+/// 65532, no supplementary groups, no capabilities), as in the PodSecurity `restricted` mode.
+/// Raw syscalls change only the calling thread (glibc's setuid would change every thread of
+/// the test process). `None` when this process cannot switch (not real root).
+fn as_unprivileged_thread<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    std::thread::spawn(move || {
+        const ID: libc::c_long = 65532;
+        // SAFETY: plain credential syscalls on the current thread; no memory is passed but
+        // a null group list of length 0.
+        let dropped = unsafe {
+            libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) == 0
+                && libc::syscall(libc::SYS_setresgid, ID, ID, ID) == 0
+                && libc::syscall(libc::SYS_setresuid, ID, ID, ID) == 0
+        };
+        dropped.then(work)
+    })
+    .join()
+    .expect("unprivileged thread")
+}
+
+#[test]
+fn create_without_chown_privilege_fails_clearly_and_leaves_no_half_configured_directory() {
+    let tmp = temp_root();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: needs real root to switch a thread to uid 65532");
+        return;
+    }
+    // The export's root is writable by the unprivileged uid, as a restricted install needs.
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o777)).unwrap();
+    let (root, _) = open_root(tmp.path());
+    let owned = |uid, gid| DirectoryPermissions {
+        mode: 0o750,
+        uid,
+        gid,
+    };
+    let outcome = as_unprivileged_thread(move || {
+        let ctx = OpContext::detached();
+        let create = |d: &str, perms: &DirectoryPermissions, parents: &DirectoryPermissions| {
+            confined::create(root.as_fd(), &dir(d), perms, parents, &ctx)
+        };
+        (
+            // Another owner for the volume's directory; parents keep the process's owner.
+            create("ns/vol", &owned(Some(1000), None), &perms(0o755)),
+            // Another group for a created parent: fails at the parent already.
+            create("team/vol", &perms(0o755), &owned(None, Some(1000))),
+            // Its own uid and gid: chown to oneself is allowed without privilege.
+            create("own/vol", &owned(Some(65532), Some(65532)), &perms(0o755)),
+            // Nothing configured: created as the process's uid, as without chown.
+            create("plain", &perms(0o770), &perms(0o770)),
+        )
+    });
+    let Some((other_owner, other_group, own, plain)) = outcome else {
+        eprintln!("SKIPPED: cannot switch a thread to uid 65532 here");
+        return;
+    };
+    for (result, path, owner) in [
+        (other_owner, "ns/vol", "owner 1000 group unchanged"),
+        (other_group, "team", "owner unchanged group 1000"),
+    ] {
+        let err = result.expect_err("chown to another id must fail without privilege");
+        assert!(
+            matches!(&err, StorageError::OwnerNotPermitted { path: p, process_uid: 65532, .. } if p == path),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        for needed in [
+            owner,
+            "uid 65532",
+            "directoryUid",
+            "NFS_DEFAULT_UID",
+            "removed again",
+        ] {
+            assert!(
+                message.contains(needed),
+                "{needed:?} missing from: {message}"
+            );
+        }
+        assert_eq!(err.label(), "owner_not_permitted");
+        assert!(
+            !tmp.path().join(path).exists(),
+            "{path} was left behind half-configured"
+        );
+    }
+    // The parent created before the failing directory is a complete directory of its own.
+    let md = fs::metadata(tmp.path().join("ns")).unwrap();
+    assert_eq!((md.uid(), md.mode() & 0o7777), (65532, 0o755));
+    assert_eq!(own.unwrap(), CreateOutcome::Created);
+    let md = fs::metadata(tmp.path().join("own/vol")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (65532, 65532, 0o750)
+    );
+    assert_eq!(plain.unwrap(), CreateOutcome::Created);
+    let md = fs::metadata(tmp.path().join("plain")).unwrap();
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o7777),
+        (65532, 65532, 0o770)
+    );
+}
+
 #[test]
 fn delete_removes_tree_without_following_symlinks() {
     let tmp = temp_root();
