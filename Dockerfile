@@ -1,46 +1,72 @@
-# Image of the NFS subdirectory provisioner.
+# syntax=docker/dockerfile:1
+# Image of the NFS subdirectory provisioner: one statically linked binary on an empty base,
+# running as uid/gid 65532 by default.
 #
-#   docker build -t <registry>/nfs-provisioner:<tag> .
+#   docker buildx build --platform linux/amd64,linux/arm64 -t <registry>/nfs-provisioner:<tag> --push .
+#   docker build -t <registry>/nfs-provisioner:<tag> .          (this machine's platform only)
 #
-# Stage 1 builds the release binary on Debian bookworm (glibc); stage 2 copies it alone into
-# distroless/cc (glibc, libgcc, CA certificates; no shell, no package manager).
+# The builder stage always runs on the build machine's platform ($BUILDPLATFORM) and
+# cross-compiles for $TARGETARCH with Debian's cross toolchain, so the arm64 image is built
+# without emulating arm64 (and the other way round on an arm64 machine). The binary is glibc
+# with crt-static: it needs no shared library, so the runtime stage is `scratch` and holds
+# only what scripts/image-rootfs lays out (binary, CA bundle, passwd/group). Without Docker,
+# scripts/build-image builds the same image with umoci (what CI does).
 
-ARG RUST_IMAGE=rust:1-slim-bookworm
-ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12
+# Pinned by exact version and digest. The digest (the multi-platform index of this tag) was
+# taken from public Dockerfiles that pin this tag, not read from a registry: the machine this
+# file was written on has no registry access. Check or update it with
+#   docker buildx imagetools inspect rust:1.95.0-slim-bookworm
+# (pass --build-arg RUST_IMAGE=... to build with another.)
+ARG RUST_IMAGE=docker.io/library/rust:1.95.0-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082
 
-FROM ${RUST_IMAGE} AS builder
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS builder
+ARG TARGETARCH
+ARG BUILDARCH
+# The cross compiler and C library for the target (ring compiles C and assembly), and the
+# Rust standard library for it; nothing extra for a native build. binutils: readelf, which
+# scripts/build-static uses to refuse a dynamically linked result.
+RUN set -eu; \
+    case "$TARGETARCH" in \
+      amd64) triple=x86_64-unknown-linux-gnu; cross="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;; \
+      arm64) triple=aarch64-unknown-linux-gnu; cross="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;; \
+      *) echo "unsupported TARGETARCH $TARGETARCH (amd64, arm64)" >&2; exit 1 ;; \
+    esac; \
+    packages=binutils; \
+    if [ "$TARGETARCH" != "$BUILDARCH" ]; then packages="$packages $cross"; fi; \
+    apt-get update; \
+    apt-get install -y --no-install-recommends $packages; \
+    rm -rf /var/lib/apt/lists/*; \
+    rustup target add "$triple"
 WORKDIR /build
+COPY scripts/build-static scripts/image-rootfs scripts/
 
 # Dependencies first, in their own layer: only the manifests and the lock file are copied, with
 # empty crate roots, so editing the sources does not rebuild the dependency graph.
 # (Every workspace member's manifest must be present, and every target Cargo.toml declares
-# explicitly, such as the [[bench]], needs a stub file.)
+# explicitly, such as the [[bench]], needs a stub file; fake-apiserver is a test-only
+# dev-dependency, its stub crate root is all the release build needs.)
 COPY Cargo.toml Cargo.lock ./
 COPY fake-apiserver/Cargo.toml fake-apiserver/Cargo.toml
 RUN mkdir -p src fake-apiserver/src benches \
  && echo 'fn main() {}' > src/main.rs \
  && echo 'fn main() {}' > benches/provisioning.rs \
  && touch src/lib.rs fake-apiserver/src/lib.rs \
- && cargo build --release --locked --package nfs-provisioner --bin nfs-provisioner \
+ && scripts/build-static "$TARGETARCH" \
  && rm -rf src
 
 # The real sources. `touch` makes them newer than the stub build so cargo recompiles the crate
 # (COPY keeps the build context's modification times, which may be older).
-# (fake-apiserver is a test-only dev-dependency: its stub crate root above is all the release
-# build needs.)
 COPY src src
 RUN touch src/main.rs src/lib.rs \
- && cargo build --release --locked --package nfs-provisioner --bin nfs-provisioner \
- && cp target/release/nfs-provisioner /nfs-provisioner
+ && binary=$(scripts/build-static "$TARGETARCH") \
+ && scripts/image-rootfs "$binary" /rootfs
 
-FROM ${RUNTIME_IMAGE}
-COPY --from=builder /nfs-provisioner /nfs-provisioner
-# No USER: the image's default user is root, as the Deployment runs it by default
-# (runAsUser: 0 with every capability dropped but CHOWN, FOWNER and DAC_OVERRIDE), so it can
-# chown new directories to a configured uid/gid and manage directories whatever their owner.
-# To run non-root, set runAsUser/runAsGroup in the pod's securityContext to the owner of the
-# NFS export (deploy/README.md, "Root, root_squash and running as non-root"); the binary
-# writes nothing outside the NFS mount, so any uid works with a read-only root file system.
+FROM scratch
+COPY --from=builder /rootfs/ /
+# Numeric, so the kubelet can verify `runAsNonRoot: true` without reading /etc/passwd.
+# deploy/deployment.yaml overrides it with runAsUser 0 (and three capabilities) for exports
+# whose directories it must chown; deploy/restricted/ keeps it (PodSecurity restricted).
+USER 65532:65532
 # Admin endpoint: /healthz, /readyz, /metrics (ADMIN_ADDRESS, default :8080).
 EXPOSE 8080
 ENTRYPOINT ["/nfs-provisioner"]
