@@ -29,6 +29,8 @@ use serde_json::Value;
 
 use nfs_provisioner::config::{Cli, parse_duration};
 
+mod kube_objects;
+
 /// The API calls the binary makes, cluster-wide: (apiGroup, resource, verb).
 const CLUSTER_PERMISSIONS: &[(&str, &str, &str)] = &[
     ("", "persistentvolumes", "list"),
@@ -186,60 +188,8 @@ fn is_under(doc: &Doc, dir: &str) -> bool {
 // ---------------------------------------------------------------------------------------------
 // Round trip
 
-/// Drops `null` values (absent and null mean the same to the API server).
-fn normalise(value: &Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), normalise(v)))
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.iter().map(normalise).collect()),
-        other => other.clone(),
-    }
-}
-
-/// Paths at which `written` and `typed` differ.
-fn differences(path: &str, written: &Value, typed: &Value, out: &mut Vec<String>) {
-    match (written, typed) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (k, v) in a {
-                let p = format!("{path}.{k}");
-                match b.get(k) {
-                    Some(w) => differences(&p, v, w, out),
-                    None => out.push(format!(
-                        "{p}: not a field of the typed object (misspelled or misplaced?)"
-                    )),
-                }
-            }
-            // Embedded resources (volumeClaimTemplates) serialise their apiVersion and kind
-            // even when the manifest leaves them out; anything else added is reported.
-            for k in b.keys().filter(|k| !a.contains_key(*k)) {
-                if !(path.contains('.') && (k == "apiVersion" || k == "kind")) {
-                    out.push(format!("{path}.{k}: added by the typed object"));
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b)) if a.len() == b.len() => {
-            for (i, (v, w)) in a.iter().zip(b).enumerate() {
-                differences(&format!("{path}[{i}]"), v, w, out);
-            }
-        }
-        (a, b) if a == b => {}
-        (a, b) => out.push(format!("{path}: written {a}, reads back as {b}")),
-    }
-}
-
 fn round_trip<T: DeserializeOwned + serde::Serialize>(doc: &Doc) -> Vec<String> {
-    let typed: T = match serde_json::from_value(doc.value.clone()) {
-        Ok(t) => t,
-        Err(e) => return vec![format!("not a valid {}: {e}", doc.kind())],
-    };
-    let back = serde_json::to_value(&typed).expect("typed object serialises");
-    let mut out = Vec::new();
-    differences("", &normalise(&doc.value), &normalise(&back), &mut out);
-    out
+    kube_objects::round_trip::<T>(&doc.value)
 }
 
 #[test]
@@ -247,21 +197,7 @@ fn every_document_is_a_known_kind_without_unknown_fields() {
     let docs = documents();
     let mut problems = Vec::new();
     for doc in &docs {
-        let diffs = match doc.kind() {
-            "Deployment" => round_trip::<Deployment>(doc),
-            "StatefulSet" => round_trip::<StatefulSet>(doc),
-            "ServiceAccount" => round_trip::<ServiceAccount>(doc),
-            "ClusterRole" => round_trip::<ClusterRole>(doc),
-            "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(doc),
-            "Role" => round_trip::<Role>(doc),
-            "RoleBinding" => round_trip::<RoleBinding>(doc),
-            "StorageClass" => round_trip::<StorageClass>(doc),
-            "PersistentVolumeClaim" => round_trip::<PersistentVolumeClaim>(doc),
-            "Pod" => round_trip::<Pod>(doc),
-            "PodDisruptionBudget" => round_trip::<PodDisruptionBudget>(doc),
-            "Namespace" => round_trip::<Namespace>(doc),
-            other => vec![format!("kind {other:?} is not checked by this test")],
-        };
+        let diffs = kube_objects::typed_round_trip(&doc.value);
         problems.extend(diffs.into_iter().map(|d| format!("{}: {d}", doc.at())));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
@@ -308,7 +244,7 @@ struct Kustomization {
     #[serde(default)]
     config_map_generator: Vec<Generator>,
     #[serde(default)]
-    patches: Vec<PatchFile>,
+    patches: Vec<Patch>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,12 +254,21 @@ struct Generator {
     name: String,
     namespace: String,
     files: Vec<String>,
+    #[serde(default)]
+    options: Option<Value>,
 }
 
+/// A patch from a file (`path`) or inline (`patch`, with its `target`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct PatchFile {
-    path: String,
+#[allow(dead_code)]
+struct Patch {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    patch: Option<String>,
+    #[serde(default)]
+    target: Option<Value>,
 }
 
 fn kustomization(dir: &Path) -> Kustomization {
@@ -349,7 +294,7 @@ fn kustomized_files(dir: &Path) -> Vec<PathBuf> {
         .config_map_generator
         .iter()
         .flat_map(|g| g.files.iter())
-        .chain(k.patches.iter().map(|p| &p.path));
+        .chain(k.patches.iter().filter_map(|p| p.path.as_ref()));
     for input in inputs {
         assert!(
             dir.join(input).is_file(),
@@ -410,6 +355,7 @@ fn deploy_kustomization_installs_the_provisioner() {
         "Role",
         "RoleBinding",
         "Deployment",
+        "Service",
         "StorageClass",
     ] {
         assert!(
@@ -418,12 +364,17 @@ fn deploy_kustomization_installs_the_provisioner() {
         );
     }
     // Examples are applied by hand, never installed; the PodDisruptionBudget (policy/v1,
-    // Kubernetes 1.21+) is its own kustomization so the install works on 1.19 and 1.20.
+    // Kubernetes 1.21+) is its own kustomization so the install works on 1.19 and 1.20; the
+    // export's static volume belongs to the restricted mode; the Prometheus Operator's kinds
+    // need its CRDs (deploy/observability/).
     for kind in [
         "Pod",
+        "PersistentVolume",
         "PersistentVolumeClaim",
         "StatefulSet",
         "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
     ] {
         assert!(
             !kinds.contains(kind),
@@ -836,8 +787,16 @@ fn examples_use_a_shipped_class() {
         .into_iter()
         .filter_map(|(_, c)| c.metadata.name)
         .collect();
+    // The restricted mode's claim of the export is bound to its static volume by name, with
+    // the empty class: it is no claim of this provisioner.
     let mut claims: Vec<(String, Option<String>)> = of_kind(&docs, "PersistentVolumeClaim")
         .into_iter()
+        .filter(|(_, c): &(Doc, PersistentVolumeClaim)| {
+            c.spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_ref())
+                .is_none()
+        })
         .map(|(d, c): (Doc, PersistentVolumeClaim)| {
             (d.at(), c.spec.and_then(|s| s.storage_class_name))
         })
@@ -1068,7 +1027,11 @@ fn namespaced_objects_live_in_the_provisioners_namespace() {
         }
         let namespaced = !matches!(
             doc.kind(),
-            "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "StorageClass"
+            "Namespace"
+                | "ClusterRole"
+                | "ClusterRoleBinding"
+                | "StorageClass"
+                | "PersistentVolume"
         );
         let ns = doc.value["metadata"]["namespace"].as_str();
         if namespaced {
@@ -1131,4 +1094,524 @@ fn the_second_export_example_mounts_what_its_exports_file_names() {
         Some("nfs-provisioner-exports")
     );
     assert_eq!(config.file_name().unwrap(), "exports.yaml");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The metrics Service
+
+#[test]
+fn metrics_service_selects_the_provisioner_and_its_admin_port() {
+    let p = provisioner();
+    let docs = documents();
+    let services: Vec<(Doc, k8s_openapi::api::core::v1::Service)> = of_kind(&docs, "Service");
+    assert_eq!(services.len(), 1, "expected the metrics Service");
+    let (doc, service) = &services[0];
+    assert_eq!(
+        service.metadata.namespace.as_deref(),
+        Some(p.namespace.as_str())
+    );
+    let spec = service.spec.as_ref().expect("spec");
+    let selector = spec.selector.clone().unwrap_or_default();
+    let labels = p.pod_labels();
+    assert!(
+        !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{}: selector {selector:?} does not select the pods {labels:?}",
+        doc.at()
+    );
+    let ports = spec.ports.as_deref().unwrap_or_default();
+    assert_eq!(ports.len(), 1, "{}", doc.at());
+    assert_eq!(ports[0].name.as_deref(), Some("metrics"));
+    assert!(
+        matches!(&ports[0].target_port, Some(IntOrString::String(name)) if name == "admin")
+            || ports[0].target_port == Some(IntOrString::Int(8080)),
+        "{}: the Service does not target the admin port",
+        doc.at()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// The PodSecurity restricted overlay (needs kubectl's built-in kustomize to build it)
+
+fn kubectl_or_skip() -> Option<PathBuf> {
+    let found = kube_objects::tool("kubectl");
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: no kubectl (KUBECTL, target/tools/bin or PATH; scripts/install-tools installs one) to build the kustomize overlays"
+        );
+    }
+    found
+}
+
+/// The Deployment without the three parts the restricted overlay replaces.
+fn without_restricted_parts(deployment: &Value) -> Value {
+    let mut d = deployment.clone();
+    let spec = &mut d["spec"]["template"]["spec"];
+    spec.as_object_mut()
+        .expect("pod spec")
+        .remove("securityContext");
+    spec["volumes"][0] = Value::Null;
+    spec["containers"][0]
+        .as_object_mut()
+        .expect("container")
+        .remove("securityContext");
+    d
+}
+
+#[test]
+fn restricted_overlay_changes_only_volume_and_security_and_passes_restricted() {
+    let Some(kubectl) = kubectl_or_skip() else {
+        return;
+    };
+    let default = kube_objects::kustomize(&kubectl, "deploy");
+    let restricted = kube_objects::kustomize(&kubectl, "deploy/restricted");
+    // Same objects but the export's volume and claim.
+    let kinds = |docs: &[Value]| -> BTreeSet<(String, String)> {
+        docs.iter()
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap_or("").to_string(),
+                    d["metadata"]["name"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let added: Vec<_> = kinds(&restricted)
+        .difference(&kinds(&default))
+        .cloned()
+        .collect();
+    assert_eq!(
+        added,
+        vec![
+            ("PersistentVolume".into(), "nfs-provisioner-root".into()),
+            (
+                "PersistentVolumeClaim".into(),
+                "nfs-provisioner-root".into()
+            )
+        ]
+    );
+    assert!(kinds(&default).is_subset(&kinds(&restricted)));
+    for doc in &restricted {
+        let diffs = kube_objects::typed_round_trip(doc);
+        assert!(diffs.is_empty(), "{}: {diffs:?}", doc["kind"]);
+    }
+
+    // The Deployment: environment, probes, ports, replicas as in the default mode.
+    let base = kube_objects::only(&default, "Deployment");
+    let deployment = kube_objects::only(&restricted, "Deployment");
+    assert_eq!(
+        without_restricted_parts(deployment),
+        without_restricted_parts(base),
+        "the restricted Deployment differs from the default one beyond its volume and securityContext"
+    );
+    let deployment: Deployment = kube_objects::typed(deployment);
+    let pod = deployment
+        .spec
+        .and_then(|s| s.template.spec)
+        .expect("pod spec");
+    let violations = kube_objects::restricted_violations(&pod);
+    assert!(violations.is_empty(), "{violations:?}");
+    let container = &pod.containers[0];
+    let sc = container
+        .security_context
+        .as_ref()
+        .expect("securityContext");
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert!(sc.run_as_user.is_some_and(|u| u != 0));
+    assert!(
+        sc.capabilities
+            .as_ref()
+            .is_some_and(|c| c.add.as_deref().unwrap_or_default().is_empty()),
+        "no capability is added back"
+    );
+
+    // The export: mounted at the NFS root through the claim, bound to the static volume
+    // that names the same server and path as the environment.
+    let mount = container
+        .volume_mounts
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|m| m.mount_path == NFS_ROOT)
+        .expect("the export is mounted at the NFS root");
+    let volume = pod
+        .volumes
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|v| v.name == mount.name)
+        .expect("the mounted volume");
+    let claim_name = &volume
+        .persistent_volume_claim
+        .as_ref()
+        .expect("mounted through a claim")
+        .claim_name;
+    let env = |name: &str| {
+        container
+            .env
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+            .unwrap_or_else(|| panic!("no {name}"))
+    };
+    let pv: k8s_openapi::api::core::v1::PersistentVolume =
+        kube_objects::typed(kube_objects::only(&restricted, "PersistentVolume"));
+    let pvc: PersistentVolumeClaim =
+        kube_objects::typed(kube_objects::only(&restricted, "PersistentVolumeClaim"));
+    let pv_spec = pv.spec.expect("PV spec");
+    let pvc_spec = pvc.spec.expect("PVC spec");
+    assert_eq!(pvc.metadata.name.as_ref(), Some(claim_name));
+    assert_eq!(
+        pvc.metadata.namespace, deployment.metadata.namespace,
+        "the claim lives with the pods"
+    );
+    let nfs = pv_spec.nfs.as_ref().expect("an nfs PV");
+    assert_eq!(
+        nfs.server,
+        env("NFS_SERVER"),
+        "PV server and NFS_SERVER differ"
+    );
+    assert_eq!(nfs.path, env("NFS_PATH"), "PV path and NFS_PATH differ");
+    let claim_ref = pv_spec.claim_ref.as_ref().expect("pre-bound to its claim");
+    assert_eq!(claim_ref.name.as_ref(), Some(claim_name));
+    assert_eq!(claim_ref.namespace, pvc.metadata.namespace);
+    assert_eq!(pvc_spec.volume_name, pv.metadata.name);
+    assert_eq!(pv_spec.storage_class_name.as_deref(), Some(""));
+    assert_eq!(pvc_spec.storage_class_name.as_deref(), Some(""));
+    assert_eq!(pv_spec.access_modes, pvc_spec.access_modes);
+    assert_eq!(
+        pv_spec.persistent_volume_reclaim_policy.as_deref(),
+        Some("Retain"),
+        "removing the install must never touch the export"
+    );
+    assert!(
+        !pv_spec.mount_options.unwrap_or_default().is_empty(),
+        "the static volume is where the export's mount options go"
+    );
+
+    // The namespace enforces the level the pods pass; the default one enforces baseline.
+    let level = |docs: &[Value]| {
+        kube_objects::only(docs, "Namespace")["metadata"]["labels"]
+            ["pod-security.kubernetes.io/enforce"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    assert_eq!(level(&restricted).as_deref(), Some("restricted"));
+    assert_eq!(level(&default).as_deref(), Some("baseline"));
+}
+
+#[test]
+fn restricted_check_catches_the_default_mode() {
+    // The default mode adds capabilities and runs as root: the check must say so (or the
+    // test above could pass on anything).
+    let violations = kube_objects::restricted_violations(&provisioner().pod);
+    for expected in [
+        "volume nfs-client-root: type nfs is not allowed",
+        "nfs-provisioner: adds capability CHOWN",
+        "nfs-provisioner: runAsNonRoot must be true",
+        "nfs-provisioner: runAsUser 0",
+    ] {
+        assert!(
+            violations.iter().any(|v| v == expected),
+            "{expected:?} not in {violations:?}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Observability: alerts and dashboard against the metrics the binary exposes
+
+/// Sample names and label names the binary's /metrics can show, from its own registry
+/// (every family given one sample so its labels appear).
+fn exposed_metrics() -> (BTreeSet<String>, BTreeSet<String>) {
+    let metrics = nfs_provisioner::metrics::Metrics::new();
+    metrics.provisioned("c", "success", Some(Duration::from_millis(1)));
+    metrics.reclaimed("c", "success", Some(Duration::from_millis(1)));
+    metrics.failed("provision", "io");
+    let text = metrics.render();
+    let mut names = BTreeSet::new();
+    let mut labels = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut parts = rest.split_whitespace();
+            let name = parts.next().expect("name").to_string();
+            let suffixes: &[&str] = match parts.next() {
+                Some("counter") => &["_total"],
+                Some("histogram") => &["_bucket", "_sum", "_count"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#')
+            && let Some((_, rest)) = line.split_once('{')
+        {
+            let set = rest.split('}').next().unwrap_or("");
+            for pair in split_outside_quotes(set, ',') {
+                if let Some((label, _)) = pair.split_once('=') {
+                    labels.insert(label.trim().to_string());
+                }
+            }
+        }
+    }
+    assert!(
+        names.contains("nfs_provisioner_provision_operations_total"),
+        "{names:?}"
+    );
+    (names, labels)
+}
+
+/// Labels Prometheus adds to every scraped series (target and Kubernetes service discovery).
+const TARGET_LABELS: &[&str] = &[
+    "namespace",
+    "pod",
+    "job",
+    "instance",
+    "container",
+    "service",
+    "endpoint",
+];
+
+fn split_outside_quotes(text: &str, separator: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut quoted = false;
+    let mut escaped = false;
+    for c in text.chars() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(String::new());
+                continue;
+            }
+            _ => {}
+        }
+        parts.last_mut().expect("a part").push(c);
+    }
+    parts
+}
+
+/// Metric names (`nfs_provisioner_*`) and label names a PromQL expression uses: label
+/// matchers in `{...}` and grouping in `by (...)`.
+fn promql_names(expr: &str) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut metrics = BTreeSet::new();
+    let mut labels = BTreeSet::new();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut rest = expr;
+    while let Some(at) = rest.find("nfs_provisioner_") {
+        let name: String = rest[at..].chars().take_while(|c| ident(*c)).collect();
+        rest = &rest[at + name.len()..];
+        metrics.insert(name);
+    }
+    let mut rest = expr;
+    while let Some(open) = rest.find('{') {
+        let close = rest[open..].find('}').expect("closed matcher") + open;
+        for matcher in split_outside_quotes(&rest[open + 1..close], ',') {
+            let name: String = matcher.trim().chars().take_while(|c| ident(*c)).collect();
+            if !name.is_empty() {
+                labels.insert(name);
+            }
+        }
+        rest = &rest[close + 1..];
+    }
+    for keyword in ["by (", "by(", "without (", "without("] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(keyword) {
+            let start = at + keyword.len();
+            let end = rest[start..].find(')').expect("closed grouping") + start;
+            labels.extend(
+                rest[start..end]
+                    .split(',')
+                    .map(|l| l.trim().to_string())
+                    .filter(|l| !l.is_empty()),
+            );
+            rest = &rest[end..];
+        }
+    }
+    (metrics, labels)
+}
+
+/// Every expression names at least one metric, and only metrics and labels that exist.
+fn check_expressions(what: &str, exprs: &[String]) {
+    let (names, metric_labels) = exposed_metrics();
+    assert!(!exprs.is_empty(), "{what}: no expressions found");
+    for expr in exprs {
+        let (metrics, labels) = promql_names(expr);
+        assert!(
+            !metrics.is_empty(),
+            "{what}: {expr:?} uses no metric of the provisioner"
+        );
+        for metric in &metrics {
+            assert!(
+                names.contains(metric),
+                "{what}: {expr:?} uses {metric}, which the binary does not expose (it exposes {names:?})"
+            );
+        }
+        for label in &labels {
+            assert!(
+                metric_labels.contains(label) || TARGET_LABELS.contains(&label.as_str()),
+                "{what}: {expr:?} uses label {label}, which no series has (metric labels {metric_labels:?})"
+            );
+        }
+    }
+}
+
+fn chart_file(name: &str) -> String {
+    let path = root().join("charts/nfs-provisioner/files").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn alert_rule_groups() -> Value {
+    let rules: Value = serde_yaml::from_str(&chart_file("alerts.rules.yaml")).expect("rules YAML");
+    rules["groups"].clone()
+}
+
+#[test]
+fn promql_names_reads_metrics_and_labels() {
+    let (metrics, labels) = promql_names(
+        r#"sum by (namespace, reason) (increase(nfs_provisioner_failures_total{operation="provision", reason=~"a,b"}[5m])) / on() nfs_provisioner_leader"#,
+    );
+    assert_eq!(
+        metrics,
+        BTreeSet::from([
+            "nfs_provisioner_failures_total".to_string(),
+            "nfs_provisioner_leader".to_string()
+        ])
+    );
+    assert_eq!(
+        labels,
+        BTreeSet::from(["namespace", "reason", "operation"].map(String::from))
+    );
+}
+
+#[test]
+fn alerts_use_only_exposed_metrics_and_cover_the_failures_users_need() {
+    let groups = alert_rule_groups();
+    let rules: Vec<&Value> = groups
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules"))
+        .collect();
+    let exprs: Vec<String> = rules
+        .iter()
+        .map(|r| r["expr"].as_str().expect("expr").to_string())
+        .collect();
+    check_expressions("alerts.rules.yaml", &exprs);
+    let alerts: BTreeSet<&str> = rules.iter().filter_map(|r| r["alert"].as_str()).collect();
+    for needed in [
+        "NfsProvisionerProvisioningFailing",
+        "NfsProvisionerNfsRootNotResponding",
+        "NfsProvisionerClaimsWaitingTooLong",
+        "NfsProvisionerReclaimFailing",
+    ] {
+        assert!(alerts.contains(needed), "no alert {needed}");
+    }
+    for rule in &rules {
+        assert!(
+            rule["labels"]["severity"].is_string() && rule["annotations"]["summary"].is_string(),
+            "{rule}: every alert has a severity and a summary"
+        );
+    }
+}
+
+#[test]
+fn dashboard_uses_only_exposed_metrics() {
+    let dashboard: Value = serde_json::from_str(&chart_file("dashboard.json")).expect("JSON");
+    let mut exprs = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            exprs.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        if let Some(query) = variable["query"]["query"].as_str() {
+            exprs.push(query.to_string());
+        }
+    }
+    check_expressions("dashboard.json", &exprs);
+    // Every metric the binary exposes is on the dashboard.
+    let (names, _) = exposed_metrics();
+    let used: BTreeSet<String> = exprs.iter().flat_map(|e| promql_names(e).0).collect();
+    for family in names
+        .iter()
+        .filter(|n| !n.ends_with("_sum") && !n.ends_with("_count"))
+    {
+        assert!(
+            used.contains(family),
+            "the dashboard does not show {family}"
+        );
+    }
+}
+
+#[test]
+fn observability_manifests_match_the_charts_and_the_metrics_service() {
+    let docs = documents();
+    // The PrometheusRule carries the chart's alert groups, unchanged.
+    let rules: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "PrometheusRule")
+        .collect();
+    assert_eq!(rules.len(), 1, "one PrometheusRule under deploy/");
+    assert_eq!(rules[0].value["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(
+        rules[0].value["spec"]["groups"],
+        alert_rule_groups(),
+        "{} and charts/nfs-provisioner/files/alerts.rules.yaml differ",
+        rules[0].at()
+    );
+    // The dashboard file is the chart's, byte for byte, and becomes a labelled ConfigMap.
+    assert_eq!(
+        std::fs::read_to_string(root().join("deploy/observability/nfs-provisioner-dashboard.json"))
+            .expect("dashboard copy"),
+        chart_file("dashboard.json"),
+        "deploy/observability/nfs-provisioner-dashboard.json and the chart's dashboard differ"
+    );
+    let k = kustomization(&root().join("deploy/observability"));
+    let generator = k
+        .config_map_generator
+        .iter()
+        .find(|g| g.name == "nfs-provisioner-dashboard")
+        .expect("the dashboard's ConfigMap generator");
+    assert_eq!(generator.files, ["nfs-provisioner-dashboard.json"]);
+    let options = generator.options.clone().unwrap_or_default();
+    assert_eq!(options["labels"]["grafana_dashboard"], "1");
+    // The ServiceMonitor scrapes the metrics Service by its labels and port name.
+    let monitors: Vec<&Doc> = docs
+        .iter()
+        .filter(|d| d.kind() == "ServiceMonitor")
+        .collect();
+    assert_eq!(monitors.len(), 1, "one ServiceMonitor under deploy/");
+    let monitor = &monitors[0].value;
+    let services: Vec<(Doc, k8s_openapi::api::core::v1::Service)> = of_kind(&docs, "Service");
+    let service = &services[0].1;
+    let service_labels = service.metadata.labels.clone().unwrap_or_default();
+    let wanted = monitor["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels");
+    assert!(!wanted.is_empty());
+    for (k, v) in wanted {
+        assert_eq!(
+            service_labels.get(k).map(String::as_str),
+            v.as_str(),
+            "the ServiceMonitor's selector {k} does not match the metrics Service"
+        );
+    }
+    assert_eq!(
+        monitor["spec"]["namespaceSelector"]["matchNames"][0].as_str(),
+        service.metadata.namespace.as_deref()
+    );
+    let port = monitor["spec"]["endpoints"][0]["port"].as_str();
+    assert!(
+        service
+            .spec
+            .as_ref()
+            .and_then(|s| s.ports.as_ref())
+            .is_some_and(|ports| ports.iter().any(|p| p.name.as_deref() == port)),
+        "the ServiceMonitor scrapes port {port:?}, which the Service does not have"
+    );
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
 }
