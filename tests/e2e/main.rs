@@ -4,6 +4,8 @@
 mod cluster;
 mod exports;
 mod fake_only;
+#[path = "../kube_objects/mod.rs"]
+mod kube_objects;
 mod leadership;
 mod operations;
 mod provisioner;

@@ -4,6 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
 use kube::api::{DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde::Deserialize;
@@ -13,6 +17,14 @@ use crate::cluster::{TestCluster, real_cluster_kubeconfig};
 /// Objects that exist only from some Kubernetes minor version on (and which the README
 /// says so of); on older servers their API must be missing, nothing else may fail.
 const MINIMUM_MINOR: &[(&str, &str, u32)] = &[("policy/v1", "PodDisruptionBudget", 21)];
+
+/// Objects of the Prometheus Operator's CRDs (deploy/observability/, the chart's
+/// ServiceMonitor and PrometheusRule): dry-run only where the CRDs are installed, which the
+/// test control planes are not.
+const OPERATOR_API: &str = "monitoring.coreos.com/v1";
+
+/// PodSecurity admission is built in from this minor version on.
+const POD_SECURITY_MINOR: u32 = 23;
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
@@ -40,7 +52,7 @@ fn is_component(dir: &Path) -> bool {
         .is_ok_and(|k| k.lines().any(|l| l.trim() == "kind: Component"))
 }
 
-fn manifests() -> Vec<(PathBuf, DynamicObject)> {
+fn manifests() -> Vec<(String, DynamicObject)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files = Vec::new();
     yaml_files(&root.join("deploy"), &mut files);
@@ -54,7 +66,7 @@ fn manifests() -> Vec<(PathBuf, DynamicObject)> {
                 continue;
             }
             let object: DynamicObject = serde_yaml::from_value(value).expect("a Kubernetes object");
-            out.push((file.clone(), object));
+            out.push((file.display().to_string(), object));
         }
     }
     out
@@ -68,30 +80,75 @@ async fn server_minor(client: &Client) -> u32 {
         .expect("numeric minor version")
 }
 
-/// Every object under `deploy/` and `rbac/` is admitted by the server (server-side dry run,
-/// namespaced objects in the scenario's namespace), except objects whose API the server is
-/// too old for, which must then be missing from it, as the README says.
-#[tokio::test]
-async fn the_api_server_admits_every_shipped_manifest() {
-    if real_cluster_kubeconfig().is_none() {
-        eprintln!("real_cluster: E2E_KUBECONFIG is not set: SKIPPED (needs a real API server)");
-        return;
+/// The chart's objects as `helm template` renders them for this server's version, in the
+/// configurations users install: defaults, mount options (the export through a PV and claim,
+/// with a PodDisruptionBudget), the restricted mode. `None` without a helm binary.
+fn chart_objects(minor: u32) -> Option<Vec<(String, DynamicObject)>> {
+    let Some(helm) = crate::kube_objects::tool("helm") else {
+        eprintln!(
+            "real_cluster: no helm (scripts/install-tools installs one): the chart's objects are not dry-run"
+        );
+        return None;
+    };
+    let configurations = [
+        ("defaults", "nfs:\n  server: nfs.example.test\n"),
+        (
+            "nfs.mountOptions",
+            "nfs:\n  server: nfs.example.test\n  mountOptions: [nfsvers=4.1]\npodDisruptionBudget:\n  enabled: true\n",
+        ),
+        (
+            "podSecurity.restricted",
+            "nfs:\n  server: nfs.example.test\npodSecurity:\n  restricted: true\nstorageClass:\n  create: false\n",
+        ),
+    ];
+    let mut out = Vec::new();
+    for (index, (name, values)) in configurations.iter().enumerate() {
+        let file = tempfile::NamedTempFile::new().expect("values file");
+        std::fs::write(file.path(), values).expect("values");
+        // A release name per configuration: their cluster-scoped objects differ by name.
+        let release = format!("dry{index}");
+        let text = crate::kube_objects::output_of(
+            &helm,
+            &[
+                "template",
+                &release,
+                "charts/nfs-provisioner",
+                "--kube-version",
+                &format!("1.{minor}.0"),
+                "--values",
+                file.path().to_str().expect("path"),
+            ],
+        );
+        for value in crate::kube_objects::parse_documents(&text).expect("rendered YAML") {
+            // The default configuration's class is the shipped nfs-client: one is enough.
+            if index > 0 && value["kind"] == "StorageClass" {
+                continue;
+            }
+            let object: DynamicObject = serde_json::from_value(value).expect("object");
+            out.push((format!("chart ({name})"), object));
+        }
     }
-    let cluster = TestCluster::start("manifests").await;
+    Some(out)
+}
+
+/// Server-side dry run of every object (namespaced ones in the scenario's namespace), except
+/// objects whose API the server is too old for, which must then be missing from it, as the
+/// README says. Returns the refusals.
+async fn dry_run_all(
+    cluster: &TestCluster,
+    minor: u32,
+    objects: Vec<(String, DynamicObject)>,
+) -> Vec<String> {
     let client = cluster.client.clone();
-    let minor = server_minor(&client).await;
     let dry_run = PostParams {
         dry_run: true,
         ..Default::default()
     };
-    let objects = manifests();
-    assert!(objects.len() >= 10, "expected the shipped manifests");
     let mut failures = Vec::new();
-    for (file, mut object) in objects {
+    for (source, mut object) in objects {
         let types = object.types.clone().expect("apiVersion and kind");
         let at = format!(
-            "{} {} {}",
-            file.display(),
+            "{source} {} {}",
             types.kind,
             object.metadata.name.as_deref().unwrap_or("")
         );
@@ -102,6 +159,10 @@ async fn the_api_server_admits_every_shipped_manifest() {
             .map(|(_, _, minor)| *minor);
         let resource = kube::discovery::pinned_kind(&client, &gvk).await;
         match (resource, needed) {
+            (Err(_), _) if types.api_version == OPERATOR_API => {
+                eprintln!("{at}: the Prometheus Operator's CRDs are not installed: not dry-run");
+                continue;
+            }
             (Err(_), Some(needed)) if minor < needed => {
                 eprintln!("{at}: not served by 1.{minor} (needs 1.{needed}), as documented");
                 continue;
@@ -124,24 +185,262 @@ async fn the_api_server_admits_every_shipped_manifest() {
                     } else {
                         Api::all_with(client.clone(), &resource)
                     };
-                // A Pod in a fresh namespace waits for its ServiceAccount's token (v1.19
-                // answers 500 ServerTimeout "retry after the token is ... created").
-                let mut attempts = 0;
-                loop {
-                    attempts += 1;
-                    match api.create(&dry_run, &object).await {
-                        Ok(_) => eprintln!("{at}: admitted by 1.{minor}"),
-                        Err(kube::Error::Api(s))
-                            if s.reason == "ServerTimeout" && attempts < 60 =>
-                        {
-                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                            continue;
-                        }
-                        Err(e) => failures.push(format!("{at}: refused by 1.{minor}: {e}")),
-                    }
-                    break;
+                match create_retrying_token_wait(&api, &dry_run, &object).await {
+                    Ok(()) => eprintln!("{at}: admitted by 1.{minor}"),
+                    Err(e) => failures.push(format!("{at}: refused by 1.{minor}: {e}")),
                 }
             }
+        }
+    }
+    failures
+}
+
+/// Creates `object` (a dry run when `params` say so). A Pod in a fresh namespace waits for
+/// its ServiceAccount's token (v1.19 answers 500 ServerTimeout "retry after the token is ...
+/// created"): retried for up to a minute.
+async fn create_retrying_token_wait<K>(
+    api: &Api<K>,
+    params: &PostParams,
+    object: &K,
+) -> kube::Result<()>
+where
+    K: Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match api.create(params, object).await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(s)) if s.reason == "ServerTimeout" && attempts < 60 => {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Every object under `deploy/` and `rbac/`, and the chart's objects in the configurations
+/// users install, are admitted by the server (server-side dry run).
+#[tokio::test]
+async fn the_api_server_admits_every_shipped_manifest() {
+    if real_cluster_kubeconfig().is_none() {
+        eprintln!("real_cluster: E2E_KUBECONFIG is not set: SKIPPED (needs a real API server)");
+        return;
+    }
+    let cluster = TestCluster::start("manifests").await;
+    let minor = server_minor(&cluster.client).await;
+    let mut objects = manifests();
+    assert!(objects.len() >= 10, "expected the shipped manifests");
+    objects.extend(chart_objects(minor).unwrap_or_default());
+    let failures = dry_run_all(&cluster, minor, objects).await;
+    cluster.cleanup().await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A Pod built from a Deployment's pod template, as its ReplicaSet would create it.
+fn pod_from(deployment: &serde_json::Value, name: &str) -> Pod {
+    let deployment: Deployment = serde_json::from_value(deployment.clone()).expect("a Deployment");
+    let template = deployment.spec.expect("spec").template;
+    let mut metadata = template.metadata.unwrap_or_default();
+    metadata.name = Some(name.to_string());
+    metadata.namespace = None;
+    Pod {
+        metadata,
+        spec: template.spec,
+        ..Default::default()
+    }
+}
+
+/// The pod of every install mode with the PodSecurity level it must pass: deploy/ and the
+/// chart's defaults (root with CHOWN, FOWNER, DAC_OVERRIDE and an nfs volume: `baseline`),
+/// deploy/restricted/ and the chart's podSecurity.restricted (`restricted`).
+fn install_mode_pods() -> Vec<(String, &'static str, Pod)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kubectl = crate::kube_objects::tool("kubectl").expect(
+        "kubectl (KUBECTL, target/tools/bin from scripts/install-tools, or PATH) to build deploy/restricted/",
+    );
+    let base =
+        std::fs::read_to_string(root.join("deploy/base/deployment.yaml")).expect("deployment");
+    let base = crate::kube_objects::parse_documents(&base).expect("YAML");
+    let restricted = crate::kube_objects::kustomize(&kubectl, "deploy/restricted");
+    let mut pods = vec![
+        (
+            "deploy/".to_string(),
+            "baseline",
+            pod_from(
+                crate::kube_objects::only(&base, "Deployment"),
+                "deploy-default",
+            ),
+        ),
+        (
+            "deploy/restricted/".to_string(),
+            "restricted",
+            pod_from(
+                crate::kube_objects::only(&restricted, "Deployment"),
+                "deploy-restricted",
+            ),
+        ),
+    ];
+    match crate::kube_objects::tool("helm") {
+        None => eprintln!(
+            "real_cluster: no helm (scripts/install-tools installs one): the chart's pods are not checked"
+        ),
+        Some(helm) => {
+            for (mode, level, values) in [
+                ("defaults", "baseline", "nfs:\n  server: s\n"),
+                (
+                    "podSecurity.restricted",
+                    "restricted",
+                    "nfs:\n  server: s\npodSecurity:\n  restricted: true\n",
+                ),
+            ] {
+                let file = tempfile::NamedTempFile::new().expect("values file");
+                std::fs::write(file.path(), values).expect("values");
+                let text = crate::kube_objects::output_of(
+                    &helm,
+                    &[
+                        "template",
+                        "nfs",
+                        "charts/nfs-provisioner",
+                        "--values",
+                        file.path().to_str().expect("path"),
+                    ],
+                );
+                let docs = crate::kube_objects::parse_documents(&text).expect("rendered YAML");
+                let name = format!("chart-{}", mode.replace('.', "-").to_lowercase());
+                pods.push((
+                    format!("chart ({mode})"),
+                    level,
+                    pod_from(crate::kube_objects::only(&docs, "Deployment"), &name),
+                ));
+            }
+        }
+    }
+    pods
+}
+
+/// A namespace enforcing PodSecurity `level` (the latest version of it), with the
+/// ServiceAccounts the pods name (the ServiceAccount admission refuses a pod whose account
+/// does not exist).
+async fn namespace_enforcing(
+    client: &Client,
+    name: &str,
+    level: &str,
+    accounts: &BTreeSet<String>,
+) {
+    let namespace: Namespace = serde_json::from_value(serde_json::json!({
+        "metadata": {
+            "name": name,
+            "labels": {
+                "pod-security.kubernetes.io/enforce": level,
+                "pod-security.kubernetes.io/enforce-version": "latest",
+            }
+        }
+    }))
+    .expect("namespace");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &namespace)
+        .await
+        .expect("create the namespace");
+    for account in accounts {
+        let sa: ServiceAccount =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": account}})).expect("sa");
+        Api::<ServiceAccount>::namespaced(client.clone(), name)
+            .create(&PostParams::default(), &sa)
+            .await
+            .expect("create the ServiceAccount");
+    }
+}
+
+/// PodSecurity admission on the real API server: a Pod built from the Deployment's pod
+/// template of each install mode is admitted (server-side dry run) in a namespace enforcing
+/// the level the mode promises, and the default mode's pod is refused at `restricted`, so the
+/// check can fail. Servers older than 1.23 have no PodSecurity admission: there the pods are
+/// only dry-run in a plain namespace, and the test says so.
+#[tokio::test]
+async fn every_install_modes_pod_is_admitted_at_its_podsecurity_level() {
+    if real_cluster_kubeconfig().is_none() {
+        eprintln!("real_cluster: E2E_KUBECONFIG is not set: SKIPPED (needs a real API server)");
+        return;
+    }
+    let cluster = TestCluster::start("podsecurity").await;
+    let client = cluster.client.clone();
+    let minor = server_minor(&client).await;
+    let pods = install_mode_pods();
+    let dry_run = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let accounts: BTreeSet<String> = pods
+        .iter()
+        .filter_map(|(_, _, p)| p.spec.as_ref()?.service_account_name.clone())
+        .collect();
+    let mut failures = Vec::new();
+    if minor < POD_SECURITY_MINOR {
+        eprintln!(
+            "real_cluster: v1.{minor} has no PodSecurity admission (built in from 1.{POD_SECURITY_MINOR}): SKIPPED the admission check; the pods are only dry-run in a plain namespace"
+        );
+        let plain = format!("{}-plain", cluster.namespace);
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": plain}})).expect("ns");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create the namespace");
+        for account in &accounts {
+            let sa: ServiceAccount =
+                serde_json::from_value(serde_json::json!({"metadata": {"name": account}}))
+                    .expect("sa");
+            Api::<ServiceAccount>::namespaced(client.clone(), &plain)
+                .create(&PostParams::default(), &sa)
+                .await
+                .expect("create the ServiceAccount");
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), &plain);
+        for (mode, _, pod) in &pods {
+            match create_retrying_token_wait(&api, &dry_run, pod).await {
+                Ok(()) => eprintln!("{mode}: pod admitted by 1.{minor} (no PodSecurity)"),
+                Err(e) => failures.push(format!("{mode}: pod refused by 1.{minor}: {e}")),
+            }
+        }
+        let _ = Api::<Namespace>::all(client.clone())
+            .delete(&plain, &Default::default())
+            .await;
+    } else {
+        let mut namespaces = Vec::new();
+        for level in ["baseline", "restricted"] {
+            let name = format!("{}-{level}", cluster.namespace);
+            namespace_enforcing(&client, &name, level, &accounts).await;
+            namespaces.push((level, name));
+        }
+        for (namespace_level, namespace) in &namespaces {
+            let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+            for (mode, level, pod) in &pods {
+                // A restricted pod passes baseline too; a baseline pod must be refused at
+                // restricted.
+                let admissible = *namespace_level == "baseline" || *level == "restricted";
+                match (create_retrying_token_wait(&api, &dry_run, pod).await, admissible) {
+                    (Ok(()), true) => {
+                        eprintln!("{mode}: pod admitted at PodSecurity {namespace_level} by 1.{minor}")
+                    }
+                    (Err(kube::Error::Api(s)), false)
+                        if s.code == 403 && s.message.contains("violates PodSecurity") =>
+                    {
+                        eprintln!("{mode}: pod refused at PodSecurity {namespace_level}, as expected: {}", s.message)
+                    }
+                    (Ok(()), false) => failures.push(format!(
+                        "{mode}: pod admitted at PodSecurity {namespace_level}, which it cannot pass: the check proves nothing"
+                    )),
+                    (Err(e), _) => failures.push(format!(
+                        "{mode}: pod refused at PodSecurity {namespace_level} by 1.{minor}: {e}"
+                    )),
+                }
+            }
+        }
+        for (_, namespace) in &namespaces {
+            let _ = Api::<Namespace>::all(client.clone())
+                .delete(namespace, &Default::default())
+                .await;
         }
     }
     cluster.cleanup().await;
