@@ -64,7 +64,7 @@ RUN touch src/main.rs src/lib.rs \
 FROM scratch
 COPY --from=builder /rootfs/ /
 # Numeric, so the kubelet can verify `runAsNonRoot: true` without reading /etc/passwd.
-# deploy/deployment.yaml overrides it with runAsUser 0 (and three capabilities) for exports
+# deploy/base/deployment.yaml overrides it with runAsUser 0 (and three capabilities) for exports
 # whose directories it must chown; deploy/restricted/ keeps it (PodSecurity restricted).
 USER 65532:65532
 # Admin endpoint: /healthz, /readyz, /metrics (ADMIN_ADDRESS, default :8080).
