@@ -7,7 +7,12 @@
 //!   the binary expects it, probes the admin endpoint and keeps the hardened security context.
 //! * The RBAC rules are exactly the API calls the binary makes: one permission more or less
 //!   fails here.
-//! * StorageClasses, the PodDisruptionBudget and the bindings agree with the Deployment.
+//! * StorageClasses, the PodDisruptionBudget, the metrics Service and the bindings agree with
+//!   the Deployment.
+//! * The PodSecurity restricted overlay (built with kubectl's kustomize when one is found)
+//!   changes only the export's volume and the security settings, and passes `restricted`.
+//! * The alerts and the Grafana dashboard use only metrics and labels the binary exposes, and
+//!   deploy/observability/ carries the chart's copies unchanged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
