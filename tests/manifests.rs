@@ -1334,6 +1334,9 @@ fn exposed_metrics() -> (BTreeSet<String>, BTreeSet<String>) {
     metrics.provisioned("c", "success", Some(Duration::from_millis(1)));
     metrics.reclaimed("c", "success", Some(Duration::from_millis(1)));
     metrics.failed("provision", "io");
+    metrics.nfs_root_healthy("default").set(1);
+    metrics.nfs_root_probe_seconds("default").set(0.001);
+    metrics.nfs_stuck_operations("default").set(0);
     let text = metrics.render();
     let mut names = BTreeSet::new();
     let mut labels = BTreeSet::new();
