@@ -742,3 +742,151 @@ fn observability_renders_the_shared_alerts_and_dashboard() {
         "storage"
     );
 }
+
+/// Two extra exports, one with mount options and a StorageClass.
+const EXTRA_EXPORTS: &str = r#"
+extraExports:
+  - name: fast
+    server: fast.nfs.example.com
+    path: /exports/fast
+    mountOptions: [nfsvers=4.1]
+    storageClass:
+      name: nfs-fast
+      onDelete: delete
+  - name: slow
+    server: slow.nfs.example.com
+    path: /exports/slow
+"#;
+
+#[test]
+fn extra_exports_are_listed_mounted_and_given_their_class() {
+    let Some(helm) = helm_or_skip() else {
+        return;
+    };
+    for restricted in [false, true] {
+        let values = format!("{MINIMAL}{EXTRA_EXPORTS}podSecurity:\n  restricted: {restricted}\n");
+        let docs = render(&helm, "nfs", "storage", &values);
+        let spec = pod_spec(&docs);
+        let c = container(&spec);
+        let mode = if restricted { "restricted" } else { "default" };
+        if restricted {
+            let violations = kube_objects::restricted_violations(&spec);
+            assert!(violations.is_empty(), "{violations:?}");
+        }
+
+        // The list the binary reads, parsed by the binary's own loader.
+        let config_map = only(&docs, "ConfigMap");
+        let file = tempfile::NamedTempFile::new().expect("exports file");
+        std::fs::write(
+            file.path(),
+            config_map["data"]["exports.yaml"]
+                .as_str()
+                .expect("exports.yaml"),
+        )
+        .expect("write");
+        let exports = nfs_provisioner::exports_file::load(file.path())
+            .unwrap_or_else(|e| panic!("{mode}: the chart's exports.yaml: {e}"));
+        assert_eq!(
+            exports.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+            ["fast", "slow"]
+        );
+
+        // NFS_EXPORTS_CONFIG names the file in the ConfigMap's mount.
+        let config = env(&c)["NFS_EXPORTS_CONFIG"]
+            .as_str()
+            .expect("NFS_EXPORTS_CONFIG")
+            .to_string();
+        let mounts = c.volume_mounts.clone().unwrap_or_default();
+        let volumes = spec.volumes.clone().unwrap_or_default();
+        let volume_at = |path: &str| {
+            let mount = mounts
+                .iter()
+                .find(|m| m.mount_path == path)
+                .unwrap_or_else(|| panic!("{mode}: nothing mounted at {path}"));
+            volumes
+                .iter()
+                .find(|v| v.name == mount.name)
+                .unwrap_or_else(|| panic!("{mode}: no volume {}", mount.name))
+                .clone()
+        };
+        let config = Path::new(&config);
+        assert_eq!(
+            config.file_name().and_then(|n| n.to_str()),
+            Some("exports.yaml")
+        );
+        let config_volume = volume_at(config.parent().and_then(|p| p.to_str()).expect("dir"));
+        assert_eq!(
+            config_volume.config_map.as_ref().map(|m| m.name.as_str()),
+            config_map["metadata"]["name"].as_str()
+        );
+
+        // Each export is mounted where the list says, from its own server and path (inline,
+        // or through the chart's pre-bound PV and claim).
+        for export in &exports {
+            let volume = volume_at(export.mount_path.to_str().expect("path"));
+            let (server, path) = match (&volume.nfs, &volume.persistent_volume_claim) {
+                (Some(nfs), None) => (nfs.server.clone(), nfs.path.clone()),
+                (None, Some(claim)) => {
+                    let pvc = kube_objects::of_kind(&docs, "PersistentVolumeClaim")
+                        .into_iter()
+                        .find(|p| p["metadata"]["name"] == claim.claim_name.as_str())
+                        .unwrap_or_else(|| panic!("{mode}: no claim {}", claim.claim_name));
+                    let pv = kube_objects::of_kind(&docs, "PersistentVolume")
+                        .into_iter()
+                        .find(|v| v["metadata"]["name"] == pvc["spec"]["volumeName"])
+                        .unwrap_or_else(|| panic!("{mode}: no volume for {}", claim.claim_name));
+                    assert_eq!(pv["spec"]["claimRef"]["name"], pvc["metadata"]["name"]);
+                    assert_eq!(pv["spec"]["persistentVolumeReclaimPolicy"], "Retain");
+                    if export.name == "fast" {
+                        assert_eq!(
+                            pv["spec"]["mountOptions"],
+                            serde_json::json!(["nfsvers=4.1"])
+                        );
+                    }
+                    (
+                        pv["spec"]["nfs"]["server"]
+                            .as_str()
+                            .expect("server")
+                            .to_string(),
+                        pv["spec"]["nfs"]["path"]
+                            .as_str()
+                            .expect("path")
+                            .to_string(),
+                    )
+                }
+                other => panic!("{mode}: export {} mounted from {other:?}", export.name),
+            };
+            assert_eq!(server, export.server, "{mode}: {}", export.name);
+            assert_eq!(path, export.path.as_str(), "{mode}: {}", export.name);
+            let inline = volume.nfs.is_some();
+            let with_options = export.name == "fast";
+            assert_eq!(
+                inline,
+                !restricted && !with_options,
+                "{mode}: export {} inline {inline}",
+                export.name
+            );
+        }
+
+        // The class of `fast` picks it, and its parameters parse.
+        let class = kube_objects::of_kind(&docs, "StorageClass")
+            .into_iter()
+            .find(|c| c["metadata"]["name"] == "nfs-fast")
+            .expect("class nfs-fast");
+        assert_eq!(class["provisioner"], env(&c)["PROVISIONER_NAME"]);
+        let parameters: BTreeMap<String, String> =
+            serde_json::from_value(class["parameters"].clone()).expect("string parameters");
+        let parsed = nfs_provisioner::parameters::ClassParameters::parse(&parameters)
+            .unwrap_or_else(|e| panic!("nfs-fast: {e}"));
+        assert_eq!(parsed.export.as_deref(), Some("fast"));
+        assert_eq!(class["mountOptions"], serde_json::json!(["nfsvers=4.1"]));
+    }
+    let error = render_error(
+        &helm,
+        &format!("{MINIMAL}extraExports:\n  - name: default\n    server: s\n    path: /p\n"),
+    );
+    assert!(
+        error.contains("the name default is nfs.*'s export"),
+        "{error}"
+    );
+}

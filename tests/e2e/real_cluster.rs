@@ -82,7 +82,8 @@ async fn server_minor(client: &Client) -> u32 {
 
 /// The chart's objects as `helm template` renders them for this server's version, in the
 /// configurations users install: defaults, mount options (the export through a PV and claim,
-/// with a PodDisruptionBudget), the restricted mode. `None` without a helm binary.
+/// with a PodDisruptionBudget), the restricted mode with an extra export. `None` without a
+/// helm binary.
 fn chart_objects(minor: u32) -> Option<Vec<(String, DynamicObject)>> {
     let Some(helm) = crate::kube_objects::tool("helm") else {
         eprintln!(
@@ -97,8 +98,8 @@ fn chart_objects(minor: u32) -> Option<Vec<(String, DynamicObject)>> {
             "nfs:\n  server: nfs.example.test\n  mountOptions: [nfsvers=4.1]\npodDisruptionBudget:\n  enabled: true\n",
         ),
         (
-            "podSecurity.restricted",
-            "nfs:\n  server: nfs.example.test\npodSecurity:\n  restricted: true\nstorageClass:\n  create: false\n",
+            "podSecurity.restricted, extraExports",
+            "nfs:\n  server: nfs.example.test\npodSecurity:\n  restricted: true\nstorageClass:\n  create: false\nextraExports:\n  - name: second\n    server: nfs2.example.test\n    path: /second\n    storageClass:\n      name: dry-nfs-second\n",
         ),
     ];
     let mut out = Vec::new();
@@ -291,7 +292,7 @@ fn install_mode_pods() -> Vec<(String, &'static str, Pod)> {
                 (
                     "podSecurity.restricted",
                     "restricted",
-                    "nfs:\n  server: s\npodSecurity:\n  restricted: true\n",
+                    "nfs:\n  server: s\npodSecurity:\n  restricted: true\nextraExports:\n  - name: second\n    server: s2\n    path: /second\n",
                 ),
             ] {
                 let file = tempfile::NamedTempFile::new().expect("values file");

@@ -112,3 +112,13 @@ no capability at all. */}}
 {{- toYaml (default (dict) .Values.podSecurityContext) -}}
 {{- end -}}
 {{- end -}}
+
+{{/* Whether an extra export (the dict given) is mounted through the chart's PV and claim. */}}
+{{- define "nfs-provisioner.extraExportThroughClaim" -}}
+{{- if or .export.mountOptions .root.Values.podSecurity.restricted -}}true{{- end -}}
+{{- end -}}
+
+{{/* Where the pod reads the extra exports' list (NFS_EXPORTS_CONFIG). */}}
+{{- define "nfs-provisioner.exportsConfigDir" -}}
+/etc/nfs-provisioner
+{{- end -}}
