@@ -10,13 +10,15 @@
 # without emulating arm64 (and the other way round on an arm64 machine). The binary is glibc
 # with crt-static: it needs no shared library, so the runtime stage is `scratch` and holds
 # only what scripts/image-rootfs lays out (binary, CA bundle, passwd/group). Without Docker,
-# scripts/build-image builds the same image with umoci (what CI does).
+# scripts/build-image builds the same image with umoci (what CI does, for amd64 only: its
+# machine has no aarch64 Rust target, so the arm64 cross build is not exercised there).
 
-# Pinned by exact version and digest. The digest (the multi-platform index of this tag) was
-# taken from public Dockerfiles that pin this tag, not read from a registry: the machine this
-# file was written on has no registry access. Check or update it with
+# Pinned by exact version and digest. The digest was not read from a registry (the machine
+# this file was written on has none): it is the one public Dockerfiles pin this tag to (two
+# unrelated ones agree). Check or update it, and that it is the multi-platform index (the
+# builder runs on every build platform), with
 #   docker buildx imagetools inspect rust:1.95.0-slim-bookworm
-# (pass --build-arg RUST_IMAGE=... to build with another.)
+# or pass --build-arg RUST_IMAGE=... to build with another.
 ARG RUST_IMAGE=docker.io/library/rust:1.95.0-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082
 
 FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS builder
