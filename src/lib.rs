@@ -3,7 +3,7 @@
 //! * [`config`] — flags and environment, validated.
 //! * [`parameters`], [`planning`] — StorageClass parameters; which directory a claim gets.
 //! * [`storage`] — every file system operation on the NFS root: confined, deadline-bound.
-//! * [`persistent_volume`] — the PV object a claim gets.
+//! * [`persistent_volume`] — the PV object a claim gets; [`quantity`] — storage sizes.
 //! * [`controller`] — watches, provisioning, reclaiming, events.
 //! * [`leader`] — leader election on a Lease.
 //! * [`admin`], [`metrics`] — health, readiness and Prometheus metrics.
@@ -19,4 +19,5 @@ pub mod metrics;
 pub mod parameters;
 pub mod persistent_volume;
 pub mod planning;
+pub mod quantity;
 pub mod storage;

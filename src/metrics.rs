@@ -27,7 +27,7 @@ pub struct ClassLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
-    /// `provision` or `delete`.
+    /// `provision`, `delete` or `resize`.
     pub operation: String,
     pub reason: String,
 }
@@ -50,6 +50,7 @@ pub struct Metrics {
     pub provision_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
     pub deletes: Family<OperationLabels, Counter>,
     pub delete_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    pub resizes: Family<OperationLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub claims_waiting: Gauge,
     pub leader: Gauge,
@@ -93,6 +94,12 @@ impl Metrics {
             "delete_duration_seconds",
             "Duration of successful reclaims (directory policy and PV removal), by StorageClass",
             delete_duration.clone(),
+        );
+        let resizes = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "resize_operations",
+            "Claim expansions answered, by StorageClass and result (success, refused, or a failure reason)",
+            resizes.clone(),
         );
         let failures = Family::<FailureLabels, Counter>::default();
         registry.register(
@@ -150,6 +157,7 @@ impl Metrics {
             provision_duration,
             deletes,
             delete_duration,
+            resizes,
             failures,
             claims_waiting,
             leader,
@@ -190,6 +198,15 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    pub fn resized(&self, class: &str, result: &str) {
+        self.resizes
+            .get_or_create(&OperationLabels {
+                storage_class: class.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     pub fn failed(&self, operation: &str, reason: &str) {

@@ -38,6 +38,7 @@ const CLUSTER_PERMISSIONS: &[(&str, &str, &str)] = &[
     ("", "persistentvolumes", "patch"),
     ("", "persistentvolumeclaims", "list"),
     ("", "persistentvolumeclaims", "watch"),
+    ("", "persistentvolumeclaims/status", "patch"),
     ("storage.k8s.io", "storageclasses", "list"),
     ("storage.k8s.io", "storageclasses", "watch"),
     ("events.k8s.io", "events", "create"),

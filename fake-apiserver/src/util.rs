@@ -358,49 +358,6 @@ pub fn fields_match(obj: &Value, reqs: &[Requirement]) -> bool {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_time() {
-        assert_eq!(format_unix(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_unix(1_795_305_129), "2026-11-21T23:52:09Z");
-    }
-
-    #[test]
-    fn quantities_compare_by_value() {
-        use std::cmp::Ordering::*;
-        assert_eq!(quantity_cmp("1Gi", "1024Mi"), Some(Equal));
-        assert_eq!(quantity_cmp("2Gi", "1Gi"), Some(Greater));
-        assert_eq!(quantity_cmp("1G", "1Gi"), Some(Less));
-        assert_eq!(quantity_cmp("1.5G", "1500M"), Some(Equal));
-        assert_eq!(quantity_cmp("2e9", "2G"), Some(Equal));
-        assert_eq!(quantity_cmp("100m", "1"), Some(Less));
-        assert_eq!(quantity_cmp("1GB", "1"), None);
-    }
-
-    #[test]
-    fn uid_shape() {
-        let u = new_uid();
-        assert_eq!(u.len(), 36);
-        assert_eq!(&u[14..15], "4");
-        assert_ne!(u, new_uid());
-    }
-
-    #[test]
-    fn query_and_selectors() {
-        let q = parse_query("&watch=true&labelSelector=app%3Dweb%2Ctier+in+%28a%2Cb%29");
-        assert_eq!(q[0], ("watch".into(), "true".into()));
-        let reqs = parse_label_selector(&q[1].1).unwrap();
-        let obj = serde_json::json!({"metadata": {"labels": {"app": "web", "tier": "b"}}});
-        assert!(labels_match(&obj, &reqs));
-        let obj2 = serde_json::json!({"metadata": {"labels": {"app": "web", "tier": "c"}}});
-        assert!(!labels_match(&obj2, &reqs));
-        assert_eq!(hex_decode(&hex_encode("a/b")).unwrap(), "a/b");
-    }
-}
-
 /// Compares two quantities (`1Gi`, `1024Mi`, `1.5G`, `2e9`) by value; `None` if either does
 /// not parse. Exact: both are brought to a mantissa and a power of ten in 128-bit integers.
 pub fn quantity_cmp(a: &str, b: &str) -> Option<std::cmp::Ordering> {
@@ -444,4 +401,47 @@ pub fn quantity_cmp(a: &str, b: &str) -> Option<std::cmp::Ordering> {
     let shift = |m: u128, by: i32| m.checked_mul(10u128.checked_pow(by as u32)?);
     let low = ea.min(eb);
     Some(shift(ma, ea - low)?.cmp(&shift(mb, eb - low)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_time() {
+        assert_eq!(format_unix(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_unix(1_795_305_129), "2026-11-21T23:52:09Z");
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        use std::cmp::Ordering::*;
+        assert_eq!(quantity_cmp("1Gi", "1024Mi"), Some(Equal));
+        assert_eq!(quantity_cmp("2Gi", "1Gi"), Some(Greater));
+        assert_eq!(quantity_cmp("1G", "1Gi"), Some(Less));
+        assert_eq!(quantity_cmp("1.5G", "1500M"), Some(Equal));
+        assert_eq!(quantity_cmp("2e9", "2G"), Some(Equal));
+        assert_eq!(quantity_cmp("100m", "1"), Some(Less));
+        assert_eq!(quantity_cmp("1GB", "1"), None);
+    }
+
+    #[test]
+    fn uid_shape() {
+        let u = new_uid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, new_uid());
+    }
+
+    #[test]
+    fn query_and_selectors() {
+        let q = parse_query("&watch=true&labelSelector=app%3Dweb%2Ctier+in+%28a%2Cb%29");
+        assert_eq!(q[0], ("watch".into(), "true".into()));
+        let reqs = parse_label_selector(&q[1].1).unwrap();
+        let obj = serde_json::json!({"metadata": {"labels": {"app": "web", "tier": "b"}}});
+        assert!(labels_match(&obj, &reqs));
+        let obj2 = serde_json::json!({"metadata": {"labels": {"app": "web", "tier": "c"}}});
+        assert!(!labels_match(&obj2, &reqs));
+        assert_eq!(hex_decode(&hex_encode("a/b")).unwrap(), "a/b");
+    }
 }

@@ -2,7 +2,7 @@
 //!
 //! `k8s_openapi`'s `PersistentVolume` is about 3.5 KB inline (its spec lists every volume
 //! source) and `PersistentVolumeClaim` about 1 KB, whatever they contain. The caches hold
-//! these types instead: a claim without status (never read, so never decoded) and a volume
+//! these types instead: a claim with only the status fields expansion reads and a volume
 //! with only the spec and status fields the controller reads. Which objects are cached at all
 //! is decided where the watches start (`super::Watches`); foreign NFS volumes that are kept
 //! are reduced further ([`lean_volume`]).
@@ -11,8 +11,9 @@ use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::{
     NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec,
+    PersistentVolumeClaimCondition, PersistentVolumeClaimSpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
@@ -51,15 +52,35 @@ macro_rules! delegate_resource {
     };
 }
 
-/// A PersistentVolumeClaim as cached (and as read from the API): metadata and spec.
+/// A PersistentVolumeClaim as cached (and as read from the API): metadata, spec and the part
+/// of the status that expansion reads.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct Claim {
     #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Box<PersistentVolumeClaimSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<ClaimStatus>>,
 }
 delegate_resource!(Claim, PersistentVolumeClaim);
+
+/// The part of a claim's status the controller reads: whether it is Bound, what it holds,
+/// and the resize bookkeeping an external resizer rewrites (see `super::expansion`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<BTreeMap<String, Quantity>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<PersistentVolumeClaimCondition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_resources: Option<BTreeMap<String, Quantity>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_resource_statuses: Option<BTreeMap<String, String>>,
+}
 
 /// A PersistentVolume as cached (and as read from the API): metadata and the few fields of
 /// spec and status the controller reads. Only ever read, never written back: writes are
@@ -87,6 +108,8 @@ pub struct VolumeSpec {
     pub persistent_volume_reclaim_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<BTreeMap<String, Quantity>>,
 }
 
 /// The part of a PV's status the controller reads.

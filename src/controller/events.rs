@@ -21,6 +21,10 @@ pub const REASON_VOLUME_FAILED_DELETE: &str = "VolumeFailedDelete";
 pub const REASON_DIRECTORY_SHARED: &str = "VolumeDirectoryShared";
 /// A directory left in place because it existed before the volume was provisioned.
 pub const REASON_DATA_PREDATES_VOLUME: &str = "VolumeDataPredatesVolume";
+/// Claim expansion, with kubernetes-csi/external-resizer's reasons.
+pub const REASON_RESIZING: &str = "Resizing";
+pub const REASON_RESIZE_SUCCEEDED: &str = "VolumeResizeSuccessful";
+pub const REASON_RESIZE_FAILED: &str = "VolumeResizeFailed";
 
 /// Namespace of Events about cluster-scoped objects (PVs). v1.19 accepts such an Event only in
 /// `kube-system` (422 "involvedObject.namespace: does not match event.namespace" in `default`),
@@ -171,6 +175,7 @@ impl EventPublisher {
             REASON_VOLUME_FAILED_DELETE | REASON_DIRECTORY_SHARED | REASON_DATA_PREDATES_VOLUME => {
                 "Delete"
             }
+            REASON_RESIZING | REASON_RESIZE_SUCCEEDED | REASON_RESIZE_FAILED => "Resize",
             _ => "Provision",
         };
         K8sEvent {

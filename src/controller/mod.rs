@@ -9,6 +9,7 @@ pub mod cache;
 mod directory_index;
 mod directory_locks;
 mod events;
+pub mod expansion;
 mod orphans;
 mod provision;
 pub mod queue;
@@ -268,7 +269,7 @@ where
 /// Claims the controller caches: those that may still need a volume. Bound and deleting
 /// claims never do (a bound claim's `volumeName` cannot be unset), so they are not kept.
 fn keep_claim(claim: &mut Claim) -> bool {
-    let keep = claim_may_need_a_volume(claim);
+    let keep = claim_may_need_a_volume(claim) || expansion::wants_expansion(claim);
     if keep {
         trim(claim);
     }
@@ -416,7 +417,7 @@ where
 /// Queues every claim and volume this provisioner may have to act on.
 pub fn enqueue_all(ctx: &Context, queue: &WorkQueue<WorkItem>) {
     for claim in ctx.claims.state() {
-        if claim_may_need_a_volume(&claim) {
+        if claim_may_need_a_volume(&claim) || expansion::wants_expansion(&claim) {
             queue.add(WorkItem::Claim(ObjectRef::from_obj(&*claim)));
         }
     }
@@ -475,8 +476,10 @@ async fn process(
     key: &WorkItem,
     term: &CancellationToken,
 ) {
+    let resize = matches!(key, WorkItem::Claim(r) if expansion::applies_to(ctx, r));
     let attempt = async {
         match key {
+            WorkItem::Claim(r) if resize => expansion::reconcile(ctx, r).await,
             WorkItem::Claim(r) => provision::reconcile(ctx, r, term).await,
             WorkItem::Volume(r) => reclaim::reconcile(ctx, r, term).await,
         }
@@ -496,6 +499,7 @@ async fn process(
         Err(e) => {
             let delay = queue.backoff(key);
             let operation = match key {
+                WorkItem::Claim(_) if resize => "resize",
                 WorkItem::Claim(_) => "provision",
                 WorkItem::Volume(_) => "delete",
             };

@@ -2,6 +2,7 @@
 //! cluster (`E2E_KUBECONFIG`). Crash and fault scenarios always use the fake.
 
 mod cluster;
+mod expansion;
 mod fake_only;
 mod leadership;
 mod operations;
