@@ -15,6 +15,7 @@ use crate::controller::{self, Context, EventPublisher, Watches, WorkItem, queue:
 use crate::leader::LeaseLock;
 use crate::metrics::Metrics;
 use crate::storage::{FaultHook, NfsRoot, StorageOptions};
+use crate::usage;
 
 /// Why the process could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -270,6 +271,22 @@ pub async fn run_observed(
                     }
                 }
             });
+        }
+        {
+            // Usage measurement, while leading; it stops taking work with the workers.
+            let source = ctx.clone();
+            let volumes: usage::VolumeSource = Arc::new(move || usage::from_cache(&source));
+            let probe = metrics.clone();
+            let healthy: usage::HealthSource = Arc::new(move || probe.nfs_root_healthy.get() == 1);
+            let monitor = usage::UsageMonitor::new(
+                ctx.root.clone(),
+                metrics.usage.clone(),
+                ctx.events.clone(),
+                volumes,
+                healthy,
+                settings.usage.clone(),
+            );
+            tokio::spawn(monitor.run(stop_taking.clone()));
         }
         let mut workers = tokio::spawn(controller::run_workers(
             ctx.clone(),

@@ -6,7 +6,8 @@
 //! * [`persistent_volume`] — the PV object a claim gets; [`quantity`] — storage sizes.
 //! * [`controller`] — watches, provisioning, reclaiming, events.
 //! * [`leader`] — leader election on a Lease.
-//! * [`admin`], [`metrics`] — health, readiness and Prometheus metrics.
+//! * [`admin`], [`metrics`] — health, readiness and Prometheus metrics; [`usage`] — measured
+//!   usage of every volume, with a budget.
 //! * [`app`] — wires one process together; [`kube_client`] — the rate-limited API client.
 
 pub mod admin;
@@ -21,3 +22,4 @@ pub mod persistent_volume;
 pub mod planning;
 pub mod quantity;
 pub mod storage;
+pub mod usage;

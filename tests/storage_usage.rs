@@ -214,7 +214,7 @@ async fn measure(root: &NfsRoot, scan: &UsageScan, budget: u64) -> (VolumeUsage,
             .measure_volume_dir(scan, budget, &CancellationToken::new())
             .await
         {
-            Ok(UsageStep::Finished(usage)) => return (usage, calls),
+            Ok(UsageStep::Finished { usage, .. }) => return (usage, calls),
             Ok(UsageStep::InProgress { .. }) => {}
             Ok(UsageStep::Gone) => panic!("the volume directory is there"),
             Err(e) if e.is_not_responding() && stalls < 20 => {

@@ -176,6 +176,9 @@ impl EventPublisher {
                 "Delete"
             }
             REASON_RESIZING | REASON_RESIZE_SUCCEEDED | REASON_RESIZE_FAILED => "Resize",
+            crate::usage::REASON_USAGE_OVER_REQUEST | crate::usage::REASON_USAGE_WITHIN_REQUEST => {
+                "Measure"
+            }
             _ => "Provision",
         };
         K8sEvent {

@@ -78,8 +78,8 @@ impl VolumeUsage {
 pub enum UsageStep {
     /// The slice's budget or time ran out after `entries` entries; call again to continue.
     InProgress { entries: u64 },
-    /// The whole tree was walked.
-    Finished(VolumeUsage),
+    /// The whole tree was walked; `entries` in this last slice.
+    Finished { usage: VolumeUsage, entries: u64 },
     /// The volume directory does not exist (nothing to measure).
     Gone,
 }
@@ -207,9 +207,12 @@ pub(crate) fn scan_slice(
         ctx.check()?;
         let Some(frame) = state.stack.last_mut() else {
             if !start_deferred(root, path, state)? {
-                let totals = state.totals;
+                let usage = state.totals;
                 state.reset();
-                return Ok(UsageStep::Finished(totals));
+                return Ok(UsageStep::Finished {
+                    usage,
+                    entries: processed,
+                });
             }
             continue;
         };

@@ -10,3 +10,4 @@ mod provisioner;
 mod rbac;
 mod real_cluster;
 mod scenarios;
+mod usage;
