@@ -772,9 +772,10 @@ fn storage_classes_select_this_provisioner() {
     assert!(classes.len() >= 4, "expected the four example classes");
     for (doc, class) in &classes {
         assert_eq!(class.provisioner, name, "{}", doc.at());
-        assert!(
-            class.allow_volume_expansion.is_none(),
-            "{}: allowVolumeExpansion must not be set (a subdirectory cannot grow)",
+        assert_eq!(
+            class.allow_volume_expansion,
+            Some(true),
+            "{}: claims may be resized (the provisioner answers as the external resizer)",
             doc.at()
         );
         for key in class.parameters.as_ref().into_iter().flat_map(|p| p.keys()) {

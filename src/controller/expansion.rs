@@ -32,10 +32,10 @@ use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::events::{REASON_RESIZE_FAILED, REASON_RESIZE_SUCCEEDED, REASON_RESIZING};
-use super::{Claim, Context, Next, Result, Volume};
+use super::{Claim, Context, Error, Next, Result, Volume};
 use crate::persistent_volume::ANN_PROVISIONED_BY;
 use crate::quantity::{QuantityError, quantity_bytes};
 
@@ -46,6 +46,8 @@ const CONDITION_FILE_SYSTEM_RESIZE_PENDING: &str = "FileSystemResizePending";
 /// `allocatedResourceStatuses.storage` while the controller side of a resize runs.
 pub const CONTROLLER_RESIZE_IN_PROGRESS: &str = "ControllerResizeInProgress";
 const STORAGE: &str = "storage";
+/// When to look again after a write found the cached claim or PV out of date.
+const STALE_RECHECK: std::time::Duration = std::time::Duration::from_millis(500);
 
 fn request(claim: &Claim) -> Option<&Quantity> {
     claim
@@ -335,6 +337,14 @@ pub async fn reconcile(ctx: &Context, key: &ObjectRef<Claim>) -> Result<Next> {
     let outcome = apply(ctx, &claim, volume.as_deref(), decision)
         .instrument(span.clone())
         .await;
+    // A 409 means the cache is behind the claim or PV (typically our own previous write
+    // not seen yet): look again shortly instead of reporting a failure.
+    if let Err(Error::Kube(kube::Error::Api(status))) = &outcome
+        && status.code == 409
+    {
+        span.in_scope(|| debug!("claim or PV changed since cached; looking again"));
+        return Ok(Next::RecheckAfter(STALE_RECHECK));
+    }
     let label = match &outcome {
         Ok(Applied::Resized) => "success",
         Ok(Applied::Refused) => "refused",

@@ -132,6 +132,24 @@ async fn resizing_a_bound_claim_grows_its_volume_and_shows_in_its_status() {
     wait_claim_holds(&c, "data", "5Mi").await;
     let pv = c.volumes().get(&pv.name_any()).await.unwrap();
     assert_eq!(volume_capacity(&pv).as_deref(), Some("5Mi"));
+    c.eventually("both resizes reported", || async {
+        let done = c
+            .events_about(&c.namespace, "data")
+            .await
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("VolumeResizeSuccessful"))
+            .count();
+        (done == 2).then_some(())
+    })
+    .await;
+    let failed: Vec<_> = c
+        .events_about(&c.namespace, "data")
+        .await
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("VolumeResizeFailed"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert!(failed.is_empty(), "no failure reported: {failed:?}");
 
     p.stop();
     if let Some(fake) = c.fake_server() {

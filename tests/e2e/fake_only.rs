@@ -478,9 +478,9 @@ async fn resize_with_crash(point: CrashPoint, pv_grown_at_crash: bool) {
     ask_for(&c, "victim", "4Mi").await.unwrap();
     fault.triggered().await;
     first.kill();
-    fake.clear_faults();
 
-    // Where the crash left things: the claim marked Resizing, the PV grown or not.
+    // Where the crash left things: the claim marked Resizing, the PV grown or not. (Read
+    // while the fault still holds the request: once cleared, a held request goes on.)
     let claim = c.claims().get("victim").await.unwrap();
     assert_eq!(claim_capacity(&claim).as_deref(), Some("1Mi"));
     let conditions = claim
@@ -494,9 +494,14 @@ async fn resize_with_crash(point: CrashPoint, pv_grown_at_crash: bool) {
         conditions.iter().any(|c| c.type_ == "Resizing"),
         "{conditions:?}"
     );
-    let grown = c.volumes().get(&pv.name_any()).await.unwrap();
     let expected = if pv_grown_at_crash { "4Mi" } else { "1Mi" };
-    assert_eq!(volume_capacity(&grown).as_deref(), Some(expected));
+    // (The fault fires as the request arrives; an applied one lands just after.)
+    c.eventually(&format!("the PV at {expected}"), || async {
+        let pv = c.volumes().get(&pv.name_any()).await.ok()?;
+        (volume_capacity(&pv).as_deref() == Some(expected)).then_some(())
+    })
+    .await;
+    fake.clear_faults();
 
     let second =
         RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
