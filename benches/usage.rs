@@ -120,8 +120,11 @@ async fn main() {
     let started = Instant::now();
     let never = CancellationToken::new();
     let (mut slices, mut entries, mut inodes) = (0u64, 0u64, 0u64);
+    let mut page_kib = None;
     if let Some(per_round) = args.monitor {
-        (slices, entries, inodes) = run_monitor(&root, &args, per_round).await;
+        let (s, e, i, growth, page) = run_monitor(&root, &args, per_round, hwm_before).await;
+        (slices, entries, inodes) = (s, e, i);
+        page_kib = Some((page, growth));
     }
     for v in (0..args.volumes).filter(|_| args.monitor.is_none()) {
         let scan = UsageScan::new(VolumeDirectory::parse(&format!("ns/vol-{v}")).unwrap());
@@ -144,7 +147,13 @@ async fn main() {
     }
     let wall = started.elapsed();
     let cpu = cpu_seconds() - cpu_before;
-    let growth = status_kib("VmHWM:").saturating_sub(hwm_before);
+    let growth = match page_kib {
+        Some((page, growth)) => {
+            eprintln!("/metrics page: {page} KiB (rendered per scrape)");
+            growth
+        }
+        None => status_kib("VmHWM:").saturating_sub(hwm_before),
+    };
     assert_eq!(inodes, args.volumes * (args.files + 1));
     println!(
         "| {} × {}{} | {} | {} | {:.2} s | {:.2} s | {:.1} µs | {} KiB |",
@@ -169,8 +178,13 @@ async fn main() {
 }
 
 /// Runs the usage task over every volume until each was measured once; (slices, entries,
-/// inodes) from its own metrics.
-async fn run_monitor(root: &NfsRoot, args: &Args, per_round: u32) -> (u64, u64, u64) {
+/// inodes, peak memory growth in KiB before the first scrape, size of a scraped page in KiB).
+async fn run_monitor(
+    root: &NfsRoot,
+    args: &Args,
+    per_round: u32,
+    hwm_before: u64,
+) -> (u64, u64, u64, u64, usize) {
     use nfs_provisioner::metrics::{Metrics, ResultLabels};
     use nfs_provisioner::usage::{UsageMonitor, UsageSettings, VolumeRef};
     use std::sync::Arc;
@@ -214,7 +228,6 @@ async fn run_monitor(root: &NfsRoot, args: &Args, per_round: u32) -> (u64, u64, 
     while scans.get() < args.volumes {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let page = metrics.render();
     let slices: u64 = ["in_progress", "finished"]
         .iter()
         .map(|r| {
@@ -227,18 +240,16 @@ async fn run_monitor(root: &NfsRoot, args: &Args, per_round: u32) -> (u64, u64, 
                 .get()
         })
         .sum();
+    let entries = metrics.usage.entries.get();
+    // Peak before the page is rendered: a scrape's own cost is reported apart.
+    let growth = status_kib("VmHWM:").saturating_sub(hwm_before);
+    let page = metrics.render();
     let inodes = page
         .lines()
         .filter(|l| l.starts_with("nfs_provisioner_volume_used_inodes{"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
-    eprintln!(
-        "/metrics page with {} volumes: {} KiB",
-        args.volumes,
-        page.len() / 1024
-    );
-    let entries = metrics.usage.entries.get();
     stop.cancel();
     let _ = task.await;
-    (slices, entries, inodes)
+    (slices, entries, inodes, growth, page.len() / 1024)
 }

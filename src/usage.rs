@@ -23,7 +23,7 @@
 //! The task runs only on the leader, and a replica that stops leading drops its usage series,
 //! so exactly one replica exports them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -187,6 +187,10 @@ pub struct UsageMonitor {
     healthy: HealthSource,
     settings: UsageSettings,
     tracked: BTreeMap<String, Tracked>,
+    /// Every tracked volume, least recently measured first (never measured: at the front).
+    order: VecDeque<String>,
+    /// The volume whose measurement is under way.
+    current: Option<String>,
 }
 
 enum SliceEnd {
@@ -212,6 +216,8 @@ impl UsageMonitor {
             healthy,
             settings,
             tracked: BTreeMap::new(),
+            order: VecDeque::new(),
+            current: None,
         }
     }
 
@@ -240,9 +246,10 @@ impl UsageMonitor {
     async fn round(&mut self, stop: &CancellationToken) {
         self.refresh();
         let stuck = self
-            .tracked
-            .values()
-            .any(|t| t.scan.as_ref().is_some_and(UsageScan::is_busy));
+            .current
+            .as_ref()
+            .and_then(|pv| self.tracked.get(pv)?.scan.as_ref())
+            .is_some_and(UsageScan::is_busy);
         if stuck || !(self.healthy)() {
             if self.metrics.paused.get() == 0 {
                 info!(
@@ -287,6 +294,15 @@ impl UsageMonitor {
             }
             keep
         });
+        let tracked = &self.tracked;
+        self.order.retain(|pv| tracked.contains_key(pv));
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|pv| !self.tracked.contains_key(pv))
+        {
+            self.current = None;
+        }
         for (pv, volume) in current {
             match self.tracked.get_mut(&pv) {
                 Some(t) => {
@@ -299,6 +315,7 @@ impl UsageMonitor {
                     t.volume = volume;
                 }
                 None => {
+                    self.order.push_front(pv.clone());
                     self.tracked.insert(
                         pv,
                         Tracked {
@@ -314,25 +331,25 @@ impl UsageMonitor {
         }
     }
 
-    /// The volume whose measurement goes on next: one in progress first, then the one never
-    /// measured or measured longest ago, if its rescan period has passed.
-    fn next_due(&self, now: Instant) -> Option<String> {
-        if let Some((pv, _)) = self
-            .tracked
-            .iter()
-            .find(|(_, t)| t.scan.as_ref().is_some_and(|s| !s.is_busy()))
-        {
+    /// The volume whose measurement goes on next: the one under way, else the one never
+    /// measured or measured longest ago, if its rescan period has passed. Constant time: the
+    /// order is kept as volumes are measured.
+    fn next_due(&mut self, now: Instant) -> Option<String> {
+        if let Some(pv) = &self.current {
             return Some(pv.clone());
         }
-        self.tracked
-            .iter()
-            .filter(|(_, t)| {
-                t.scan.is_none()
-                    && t.last_measured
-                        .is_none_or(|at| now.duration_since(at) >= self.settings.rescan_period)
-            })
-            .min_by_key(|(_, t)| t.last_measured)
-            .map(|(pv, _)| pv.clone())
+        let front = self.order.front()?;
+        let due = self.tracked.get(front).is_some_and(|t| {
+            t.last_measured
+                .is_none_or(|at| now.duration_since(at) >= self.settings.rescan_period)
+        });
+        if !due {
+            return None;
+        }
+        let pv = self.order.pop_front()?;
+        self.order.push_back(pv.clone());
+        self.current = Some(pv.clone());
+        Some(pv)
     }
 
     async fn slice(&mut self, pv: &str, stop: &CancellationToken) -> SliceEnd {
@@ -368,6 +385,7 @@ impl UsageMonitor {
             Ok(UsageStep::Finished { usage, entries }) => {
                 let took = tracked.scan_started.take().map(|s| s.elapsed());
                 tracked.scan = None;
+                self.current = None;
                 tracked.last_measured = Some(Instant::now());
                 self.metrics.entries.inc_by(entries);
                 if let Some(took) = took {
@@ -383,6 +401,7 @@ impl UsageMonitor {
             Ok(UsageStep::Gone) => {
                 debug!(pv, "volume directory not there; nothing to measure");
                 tracked.scan = None;
+                self.current = None;
                 tracked.scan_started = None;
                 tracked.last_measured = Some(Instant::now());
                 self.metrics.forget(&tracked.volume.labels());
@@ -397,6 +416,7 @@ impl UsageMonitor {
             Err(e) => {
                 warn!(pv, error = %e, "could not measure the volume's usage; trying again after the rescan period");
                 tracked.scan = None;
+                self.current = None;
                 tracked.scan_started = None;
                 tracked.last_measured = Some(Instant::now());
                 SliceEnd::Continue
