@@ -524,6 +524,81 @@ mod tests {
         assert_eq!(next_fill(Over, u64::MAX - 1, u64::MAX), (Over, None));
     }
 
+    fn volume(n: u32) -> VolumeRef {
+        VolumeRef {
+            pv: format!("pv-{n}"),
+            namespace: "ns".into(),
+            claim: format!("c-{n}"),
+            claim_uid: format!("u-{n}"),
+            directory: VolumeDirectory::parse(&format!("ns/v-{n}")).unwrap(),
+            capacity: Some(1000),
+        }
+    }
+
+    async fn monitor(volumes: Arc<std::sync::Mutex<Vec<VolumeRef>>>) -> UsageMonitor {
+        let dir = tempfile::tempdir().unwrap();
+        let root = NfsRoot::open(dir.path(), Default::default()).await.unwrap();
+        let metrics = crate::metrics::Metrics::new();
+        let client =
+            kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
+                .unwrap();
+        let events = EventPublisher::new(client, "test", "test", metrics.clone());
+        UsageMonitor::new(
+            root,
+            metrics.usage,
+            events,
+            Arc::new(move || volumes.lock().unwrap().clone()),
+            Arc::new(|| true),
+            UsageSettings {
+                interval: Duration::from_secs(1),
+                slices_per_interval: 1,
+                entries_per_slice: 10,
+                rescan_period: Duration::from_secs(60),
+            },
+        )
+    }
+
+    /// Marks the scan under way as finished now, as a Finished slice does.
+    fn finish_current(m: &mut UsageMonitor, at: Instant) {
+        let pv = m.current.take().unwrap();
+        m.tracked.get_mut(&pv).unwrap().last_measured = Some(at);
+    }
+
+    #[tokio::test]
+    async fn volumes_are_measured_in_turn_and_again_only_after_the_rescan_period() {
+        let list = Arc::new(std::sync::Mutex::new(vec![volume(1), volume(2)]));
+        let mut m = monitor(list.clone()).await;
+        m.refresh();
+        let now = Instant::now();
+        let first = m.next_due(now).unwrap();
+        assert_eq!(
+            m.next_due(now),
+            Some(first.clone()),
+            "the one under way goes on"
+        );
+        finish_current(&mut m, now);
+        let second = m.next_due(now).unwrap();
+        assert_ne!(first, second);
+        finish_current(&mut m, now);
+        assert_eq!(m.next_due(now), None, "both measured: nothing due yet");
+
+        // A new volume comes first; a deleted one is forgotten.
+        list.lock().unwrap().push(volume(3));
+        list.lock().unwrap().retain(|v| v.pv != first);
+        m.refresh();
+        assert_eq!(m.next_due(now).as_deref(), Some("pv-3"));
+        finish_current(&mut m, now);
+        assert!(!m.tracked.contains_key(&first));
+        assert!(!m.order.contains(&first));
+        assert_eq!(m.next_due(now), None);
+        let later = now + Duration::from_secs(61);
+        assert_eq!(
+            m.next_due(later),
+            Some(second),
+            "least recently measured first"
+        );
+    }
+
     fn pv(value: serde_json::Value) -> Volume {
         serde_json::from_value(value).unwrap()
     }
