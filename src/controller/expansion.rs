@@ -158,6 +158,22 @@ pub enum Decision {
     },
 }
 
+/// What a decision needs of the claim's StorageClass (whatever shape the class cache holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassFacts<'a> {
+    pub provisioner: &'a str,
+    pub allow_volume_expansion: Option<bool>,
+}
+
+impl<'a> From<&'a StorageClass> for ClassFacts<'a> {
+    fn from(class: &'a StorageClass) -> Self {
+        ClassFacts {
+            provisioner: &class.provisioner,
+            allow_volume_expansion: class.allow_volume_expansion,
+        }
+    }
+}
+
 /// Everything a decision depends on, from the controller's caches.
 pub struct Facts<'a> {
     pub claim: &'a Claim,
@@ -165,7 +181,7 @@ pub struct Facts<'a> {
     pub volume: Option<&'a Volume>,
     /// The claim's StorageClass, if the class cache holds it (it holds only this
     /// provisioner's classes).
-    pub class: Option<&'a StorageClass>,
+    pub class: Option<ClassFacts<'a>>,
     pub provisioner_name: &'a str,
 }
 
@@ -322,7 +338,7 @@ pub async fn reconcile(ctx: &Context, key: &ObjectRef<Claim>) -> Result<Next> {
     let decision = decide(&Facts {
         claim: &claim,
         volume: volume.as_deref(),
-        class: class.as_deref(),
+        class: class.as_deref().map(ClassFacts::from),
         provisioner_name: &ctx.provisioner_name,
     });
     if decision == Decision::Nothing {
@@ -493,7 +509,7 @@ mod tests {
         decide(&Facts {
             claim: c,
             volume: v,
-            class: sc,
+            class: sc.map(ClassFacts::from),
             provisioner_name: ME,
         })
     }
