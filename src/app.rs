@@ -175,6 +175,7 @@ pub async fn run_observed(
             shutdown_grace: settings.shutdown_grace,
             retry_base_delay: settings.retry_base_delay,
             retry_max_delay: settings.retry_max_delay,
+            usage: settings.usage.clone(),
         },
     );
 

@@ -138,6 +138,22 @@ pub struct Cli {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Usage measurement: how often a round of slices starts.
+    #[arg(long, env = "USAGE_SCAN_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub usage_scan_interval: Duration,
+
+    /// Usage measurement: slices per round, one at a time (0 turns measuring off).
+    #[arg(long, env = "USAGE_SCAN_SLICES", default_value_t = 4)]
+    pub usage_scan_slices: u32,
+
+    /// Usage measurement: directory entries one slice may stat at most.
+    #[arg(long, env = "USAGE_SCAN_ENTRIES_PER_SLICE", default_value_t = 5000)]
+    pub usage_scan_entries_per_slice: u64,
+
+    /// Usage measurement: a volume is measured again at most this often.
+    #[arg(long, env = "USAGE_RESCAN_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    pub usage_rescan_period: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -178,6 +194,8 @@ pub struct Settings {
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
     pub resync_period: Duration,
+    /// Budget and pace of usage measurement.
+    pub usage: crate::usage::UsageSettings,
     pub admin_address: SocketAddr,
     pub shutdown_grace: Duration,
     pub log_format: LogFormat,
@@ -264,6 +282,24 @@ impl Cli {
         if self.resync_period.is_zero() {
             return Err(bad("RESYNC_PERIOD (--resync-period)", "must be positive"));
         }
+        if self.usage_scan_interval.is_zero() {
+            return Err(bad(
+                "USAGE_SCAN_INTERVAL (--usage-scan-interval)",
+                "must be positive",
+            ));
+        }
+        if self.usage_scan_entries_per_slice == 0 {
+            return Err(bad(
+                "USAGE_SCAN_ENTRIES_PER_SLICE (--usage-scan-entries-per-slice)",
+                "must be at least 1",
+            ));
+        }
+        if self.usage_rescan_period.is_zero() {
+            return Err(bad(
+                "USAGE_RESCAN_PERIOD (--usage-rescan-period)",
+                "must be positive",
+            ));
+        }
 
         let pod_name = self
             .pod_name
@@ -329,6 +365,12 @@ impl Cli {
             retry_base_delay: self.retry_base_delay,
             retry_max_delay: self.retry_max_delay,
             resync_period: self.resync_period,
+            usage: crate::usage::UsageSettings {
+                interval: self.usage_scan_interval,
+                slices_per_interval: self.usage_scan_slices,
+                entries_per_slice: self.usage_scan_entries_per_slice,
+                rescan_period: self.usage_rescan_period,
+            },
             admin_address: self.admin_address,
             shutdown_grace: self.shutdown_grace,
             log_format: self.log_format,
@@ -594,6 +636,36 @@ mod tests {
                 .to_string()
                 .contains("WORKERS")
         );
+    }
+
+    #[test]
+    fn usage_measurement_has_a_budget_and_can_be_turned_off() {
+        let s = cli(BASE).unwrap().validate().unwrap();
+        assert_eq!(s.usage.interval, Duration::from_secs(10));
+        assert_eq!(s.usage.slices_per_interval, 4);
+        assert_eq!(s.usage.entries_per_slice, 5000);
+        assert_eq!(s.usage.rescan_period, Duration::from_secs(300));
+        assert!(s.usage.enabled());
+        let mut args = BASE.to_vec();
+        args.extend(["--usage-scan-slices", "0"]);
+        assert!(!cli(&args).unwrap().validate().unwrap().usage.enabled());
+        for (flag, value, named) in [
+            ("--usage-scan-interval", "0s", "USAGE_SCAN_INTERVAL"),
+            (
+                "--usage-scan-entries-per-slice",
+                "0",
+                "USAGE_SCAN_ENTRIES_PER_SLICE",
+            ),
+            ("--usage-rescan-period", "0", "USAGE_RESCAN_PERIOD"),
+        ] {
+            let mut args = BASE.to_vec();
+            args.extend([flag, value]);
+            let err = cli(&args).unwrap().validate().unwrap_err();
+            assert!(err.to_string().contains(named), "{err}");
+        }
+        let mut args = BASE.to_vec();
+        args.extend(["--usage-scan-slices", "-1"]);
+        assert!(cli(&args).is_err(), "a negative count is a usage error");
     }
 
     #[test]

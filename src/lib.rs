@@ -6,11 +6,12 @@
 //! * [`nfs_plugin`] — what a volume is on the export: provision a directory and build its PV,
 //!   decide and apply a delete policy. No Kubernetes API calls.
 //! * [`persistent_volume`] — what goes into a PV; [`objects`] — claims, volumes and classes
-//!   as read and cached.
+//!   as read and cached; [`quantity`] — storage sizes.
 //! * [`controller`] — which objects are ours, watches, the queue, PV create/delete,
 //!   finalizers, events.
 //! * [`leader`] — leader election on a Lease.
-//! * [`admin`], [`metrics`] — health, readiness and Prometheus metrics.
+//! * [`admin`], [`metrics`] — health, readiness and Prometheus metrics; [`usage`] — measured
+//!   usage of every volume, with a budget.
 //! * [`hand_back`] — `nfs-provisioner hand-back`: PVs back to the Go provisioner.
 //! * [`app`] — wires one process together; [`kube_client`] — the rate-limited API client;
 //!   [`memory`] — allocator tuning.
@@ -30,4 +31,6 @@ pub mod objects;
 pub mod parameters;
 pub mod persistent_volume;
 pub mod planning;
+pub mod quantity;
 pub mod storage;
+pub mod usage;

@@ -27,9 +27,109 @@ pub struct ClassLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
-    /// `provision` or `delete`.
+    /// `provision`, `delete` or `resize`.
     pub operation: String,
     pub reason: String,
+}
+
+/// One volume, labelled so that it joins with kube-state-metrics:
+/// `kube_persistentvolumeclaim_info{namespace, persistentvolumeclaim}` and
+/// `kube_persistentvolume_info{persistentvolume}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct VolumeLabels {
+    pub namespace: String,
+    pub persistentvolumeclaim: String,
+    pub persistentvolume: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+/// Usage measurement (see `crate::usage`): per volume, and of the scanner itself.
+#[derive(Clone)]
+pub struct UsageMetrics {
+    pub used_bytes: Family<VolumeLabels, Gauge>,
+    pub used_inodes: Family<VolumeLabels, Gauge>,
+    pub capacity_bytes: Family<VolumeLabels, Gauge>,
+    pub measured_timestamp: Family<VolumeLabels, Gauge>,
+    pub entries: Counter,
+    pub slices: Family<ResultLabels, Counter>,
+    pub scans: Family<ResultLabels, Counter>,
+    pub scan_duration: Histogram,
+    pub paused: Gauge,
+}
+
+impl UsageMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = UsageMetrics {
+            used_bytes: Family::default(),
+            used_inodes: Family::default(),
+            capacity_bytes: Family::default(),
+            measured_timestamp: Family::default(),
+            entries: Counter::default(),
+            slices: Family::default(),
+            scans: Family::default(),
+            // 0.1 s .. ~55 min: a volume of millions of files takes many slices.
+            scan_duration: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
+            paused: Gauge::default(),
+        };
+        registry.register(
+            "volume_used_bytes",
+            "Bytes a volume's directory holds on the NFS server (st_blocks * 512, as du counts), as last measured",
+            m.used_bytes.clone(),
+        );
+        registry.register(
+            "volume_used_inodes",
+            "Files, directories and other entries in a volume's directory (hard links once), as last measured",
+            m.used_inodes.clone(),
+        );
+        registry.register(
+            "volume_capacity_bytes",
+            "The capacity of a volume (its PV's spec.capacity: what its claim requested); NFS does not enforce it",
+            m.capacity_bytes.clone(),
+        );
+        registry.register(
+            "volume_usage_measured_timestamp_seconds",
+            "When a volume's usage was last measured completely (Unix time)",
+            m.measured_timestamp.clone(),
+        );
+        registry.register(
+            "usage_scan_entries",
+            "Directory entries stat'ed by usage measurement",
+            m.entries.clone(),
+        );
+        registry.register(
+            "usage_scan_slices",
+            "Slices of usage measurement, by result (in_progress, finished, gone, or a failure reason)",
+            m.slices.clone(),
+        );
+        registry.register(
+            "usage_scans",
+            "Complete measurements of a volume, by result (exact, or inexact: something was skipped)",
+            m.scans.clone(),
+        );
+        registry.register(
+            "usage_scan_duration_seconds",
+            "Time from the first to the last slice of a volume's measurement",
+            m.scan_duration.clone(),
+        );
+        registry.register(
+            "usage_scan_paused",
+            "1 while usage measurement waits for the NFS root to answer its probe again",
+            m.paused.clone(),
+        );
+        m
+    }
+
+    /// Drops every series of one volume (deleted, or no longer measured here).
+    pub fn forget(&self, volume: &VolumeLabels) {
+        self.used_bytes.remove(volume);
+        self.used_inodes.remove(volume);
+        self.capacity_bytes.remove(volume);
+        self.measured_timestamp.remove(volume);
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +164,7 @@ pub struct Metrics {
     pub provision_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
     pub deletes: Family<OperationLabels, Counter>,
     pub delete_duration: Family<ClassLabels, Histogram, fn() -> Histogram>,
+    pub resizes: Family<OperationLabels, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub claims_waiting: Gauge,
     pub leader: Gauge,
@@ -71,6 +172,7 @@ pub struct Metrics {
     nfs_root_probe_seconds: Family<ExportLabels, Gauge<f64, AtomicU64>>,
     nfs_stuck_operations: Family<ExportLabels, Gauge>,
     pub events_failed: Counter,
+    pub usage: UsageMetrics,
 }
 
 impl Default for Metrics {
@@ -107,6 +209,12 @@ impl Metrics {
             "delete_duration_seconds",
             "Duration of successful reclaims (directory policy and PV removal), by StorageClass",
             delete_duration.clone(),
+        );
+        let resizes = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "resize_operations",
+            "Claim expansions answered, by StorageClass and result (success, refused, or a failure reason)",
+            resizes.clone(),
         );
         let failures = Family::<FailureLabels, Counter>::default();
         registry.register(
@@ -150,6 +258,7 @@ impl Metrics {
             "Kubernetes Events that could not be written",
             events_failed.clone(),
         );
+        let usage = UsageMetrics::register(&mut registry);
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
@@ -164,6 +273,7 @@ impl Metrics {
             provision_duration,
             deletes,
             delete_duration,
+            resizes,
             failures,
             claims_waiting,
             leader,
@@ -171,6 +281,7 @@ impl Metrics {
             nfs_root_probe_seconds,
             nfs_stuck_operations,
             events_failed,
+            usage,
         }
     }
 
@@ -223,6 +334,15 @@ impl Metrics {
                 })
                 .observe(took.as_secs_f64());
         }
+    }
+
+    pub fn resized(&self, class: &str, result: &str) {
+        self.resizes
+            .get_or_create(&OperationLabels {
+                storage_class: class.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
     }
 
     pub fn failed(&self, operation: &str, reason: &str) {

@@ -3,7 +3,7 @@
 //!
 //! `k8s_openapi`'s `PersistentVolume` is about 3.5 KB inline (its spec lists every volume
 //! source) and `PersistentVolumeClaim` about 1 KB, whatever they contain. The caches hold
-//! these types instead: a claim without status (never read, so never decoded), a volume with
+//! these types instead: a claim with only the status fields expansion reads, a volume with
 //! only the spec and status fields the controller reads, and a class whose parameters are
 //! parsed once, as it is decoded. Which objects are cached at all is decided in
 //! `crate::controller::selection`; foreign NFS volumes that are kept are reduced further
@@ -13,8 +13,9 @@ use std::borrow::Cow;
 
 use k8s_openapi::api::core::v1::{
     NFSVolumeSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
-    PersistentVolumeClaimSpec,
+    PersistentVolumeClaimCondition, PersistentVolumeClaimSpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -56,15 +57,35 @@ macro_rules! delegate_resource {
     };
 }
 
-/// A PersistentVolumeClaim as cached (and as read from the API): metadata and spec.
+/// A PersistentVolumeClaim as cached (and as read from the API): metadata, spec and the part
+/// of the status that expansion reads.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 pub struct Claim {
     #[serde(default, deserialize_with = "lean_metadata")]
     pub metadata: ObjectMeta,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spec: Option<Box<PersistentVolumeClaimSpec>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Box<ClaimStatus>>,
 }
 delegate_resource!(Claim, PersistentVolumeClaim);
+
+/// The part of a claim's status the controller reads: whether it is Bound, what it holds,
+/// and the resize bookkeeping an external resizer rewrites (see `super::expansion`).
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<BTreeMap<String, Quantity>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conditions: Option<Vec<PersistentVolumeClaimCondition>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_resources: Option<BTreeMap<String, Quantity>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated_resource_statuses: Option<BTreeMap<String, String>>,
+}
 
 /// A PersistentVolume as cached (and as read from the API): metadata and the few fields of
 /// spec and status the controller reads. Only ever read, never written back: writes are
@@ -92,6 +113,8 @@ pub struct VolumeSpec {
     pub persistent_volume_reclaim_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<BTreeMap<String, Quantity>>,
 }
 
 /// The part of a PV's status the controller reads.

@@ -387,10 +387,11 @@ fn default_render_ships_what_deploy_ships() {
     }
     assert_eq!(service["spec"]["ports"][0]["targetPort"], "admin");
 
-    // The class: this provisioner, no expansion (a subdirectory cannot grow).
+    // The class: this provisioner; claims may be resized (the provisioner answers as the
+    // external resizer), as the shipped classes allow.
     let class = only(&docs, "StorageClass");
     assert_eq!(class["provisioner"], ours_env["PROVISIONER_NAME"]);
-    assert!(class.get("allowVolumeExpansion").is_none());
+    assert_eq!(class["allowVolumeExpansion"], true);
     assert_eq!(
         class["parameters"],
         serde_json::json!({"archiveOnDelete": "true"})

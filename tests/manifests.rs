@@ -45,6 +45,7 @@ const CLUSTER_PERMISSIONS: &[(&str, &str, &str)] = &[
     ("", "persistentvolumes", "patch"),
     ("", "persistentvolumeclaims", "list"),
     ("", "persistentvolumeclaims", "watch"),
+    ("", "persistentvolumeclaims/status", "patch"),
     ("storage.k8s.io", "storageclasses", "list"),
     ("storage.k8s.io", "storageclasses", "watch"),
     ("events.k8s.io", "events", "create"),
@@ -765,9 +766,10 @@ fn storage_classes_select_this_provisioner() {
     assert!(classes.len() >= 4, "expected the four example classes");
     for (doc, class) in &classes {
         assert_eq!(class.provisioner, name, "{}", doc.at());
-        assert!(
-            class.allow_volume_expansion.is_none(),
-            "{}: allowVolumeExpansion must not be set (a subdirectory cannot grow)",
+        assert_eq!(
+            class.allow_volume_expansion,
+            Some(true),
+            "{}: claims may be resized (the provisioner answers as the external resizer)",
             doc.at()
         );
         for key in class.parameters.as_ref().into_iter().flat_map(|p| p.keys()) {
@@ -1337,6 +1339,26 @@ fn exposed_metrics() -> (BTreeSet<String>, BTreeSet<String>) {
     metrics.nfs_root_healthy("default").set(1);
     metrics.nfs_root_probe_seconds("default").set(0.001);
     metrics.nfs_stuck_operations("default").set(0);
+    metrics.resized("c", "success");
+    let volume = nfs_provisioner::metrics::VolumeLabels {
+        namespace: "n".into(),
+        persistentvolumeclaim: "c".into(),
+        persistentvolume: "pv".into(),
+    };
+    let usage = &metrics.usage;
+    for family in [
+        &usage.used_bytes,
+        &usage.used_inodes,
+        &usage.capacity_bytes,
+        &usage.measured_timestamp,
+    ] {
+        family.get_or_create(&volume).set(1);
+    }
+    let result = nfs_provisioner::metrics::ResultLabels {
+        result: "finished".into(),
+    };
+    usage.slices.get_or_create(&result).inc();
+    usage.scans.get_or_create(&result).inc();
     let text = metrics.render();
     let mut names = BTreeSet::new();
     let mut labels = BTreeSet::new();

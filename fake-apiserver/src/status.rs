@@ -268,6 +268,16 @@ impl ApiError {
         )
     }
 
+    /// A refusal by an admission plugin: `<resource> "<name>" is forbidden: <why>`.
+    pub fn admission_forbidden(kind: Kind, name: &str, why: String) -> ApiError {
+        ApiError::new(
+            403,
+            "Forbidden",
+            format!("{} is forbidden: {why}", ApiError::named(kind, name)),
+            Some(ApiError::res_details(kind, name)),
+        )
+    }
+
     /// An error injected by a test fault.
     pub fn injected(code: u16, reason: &str) -> ApiError {
         let message = match code {

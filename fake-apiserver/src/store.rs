@@ -242,6 +242,25 @@ fn validate_event_namespace(obj: &Value, version: KubeVersion) -> Option<Cause> 
     })
 }
 
+/// What a claim's status keeps: v1.19 has no `allocatedResources` or
+/// `allocatedResourceStatuses` and drops them without an error; both versions omit empty maps
+/// and lists (Go's `omitempty`). Trace: tests/fixtures/v1.*-expansion.json.
+fn prune_claim_status(claim: &mut Value, version: KubeVersion) {
+    let Some(status) = claim.get_mut("status").and_then(Value::as_object_mut) else {
+        return;
+    };
+    if version == KubeVersion::V1_19 {
+        status.remove("allocatedResources");
+        status.remove("allocatedResourceStatuses");
+    }
+    status.retain(|_, v| match v {
+        Value::Null => false,
+        Value::Object(m) => !m.is_empty(),
+        Value::Array(a) => !a.is_empty(),
+        _ => true,
+    });
+}
+
 fn validate_update(kind: Kind, old: &Value, new: &Value, version: KubeVersion) -> Vec<Cause> {
     let mut causes = Vec::new();
     // v1.33 refuses to change an Event's note; v1.19 takes it
@@ -268,11 +287,42 @@ fn validate_update(kind: Kind, old: &Value, new: &Value, version: KubeVersion) -
             s
         };
         let first_volume_name = util::path_str(old, &["spec", "volumeName"]).is_none();
-        if strip(old, first_volume_name) != strip(new, first_volume_name) {
+        let storage = |v: &Value| {
+            util::path_str(v, &["spec", "resources", "requests", "storage"])
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (old_size, new_size) = (storage(old), storage(new));
+        // Only a Bound claim may change its storage request (trace:
+        // tests/fixtures/v1.*-expansion.json).
+        let resized_unbound = old_size != new_size && util::phase(old) != Some("Bound");
+        if strip(old, first_volume_name) != strip(new, first_volume_name) || resized_unbound {
             causes.push(Cause::forbidden(
                 "spec",
                 "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
             ));
+        }
+        // No shrinking. v1.19: never below the previous request. v1.33
+        // (RecoverVolumeExpansionFailure): a pending request may be lowered, but only to more
+        // than status.capacity.
+        if util::quantity_cmp(&new_size, &old_size) == Some(std::cmp::Ordering::Less) {
+            match version {
+                KubeVersion::V1_19 => causes.push(Cause::forbidden(
+                    "spec.resources.requests.storage",
+                    "field can not be less than previous value",
+                )),
+                KubeVersion::V1_33 => {
+                    let capacity =
+                        util::path_str(old, &["status", "capacity", "storage"]).unwrap_or("0");
+                    if util::quantity_cmp(&new_size, capacity) != Some(std::cmp::Ordering::Greater)
+                    {
+                        causes.push(Cause::forbidden(
+                            "spec.resources.requests.storage",
+                            "field can not be less than status.capacity",
+                        ));
+                    }
+                }
+            }
         }
     }
     if kind == Kind::StorageClass {
@@ -573,6 +623,45 @@ impl Store {
         }
     }
 
+    /// The PersistentVolumeClaimResize admission plugin: a claim may ask for more only if its
+    /// StorageClass has `allowVolumeExpansion: true` (trace: tests/fixtures/v1.*-expansion.json).
+    /// Runs after validation, as on the real server; `/status` writes are not checked.
+    fn admit_claim_resize(&self, name: &str, old: &Value, new: &Value) -> Result<(), ApiError> {
+        let storage = |v: &Value| {
+            util::path_str(v, &["spec", "resources", "requests", "storage"])
+                .unwrap_or("0")
+                .to_string()
+        };
+        if util::quantity_cmp(&storage(new), &storage(old)) != Some(std::cmp::Ordering::Greater) {
+            return Ok(());
+        }
+        let forbidden = |why: &str| {
+            ApiError::admission_forbidden(Kind::PersistentVolumeClaim, name, why.to_string())
+        };
+        if util::phase(old) != Some("Bound") {
+            return Err(forbidden(
+                "Only bound persistent volume claims can be expanded",
+            ));
+        }
+        let class =
+            |v: &Value| util::path_str(v, &["spec", "storageClassName"]).map(str::to_string);
+        let allowed = class(old).is_some()
+            && class(old) == class(new)
+            && self
+                .get(
+                    Kind::StorageClass,
+                    &(String::new(), class(new).unwrap_or_default()),
+                )
+                .is_some_and(|sc| sc.get("allowVolumeExpansion") == Some(&Value::Bool(true)));
+        if allowed {
+            Ok(())
+        } else {
+            Err(forbidden(
+                "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize",
+            ))
+        }
+    }
+
     /// POST. `ns` is the namespace from the URL.
     pub fn create(
         &mut self,
@@ -783,10 +872,16 @@ impl Store {
                 ));
             }
         }
+        if kind == Kind::PersistentVolumeClaim && status_only {
+            prune_claim_status(&mut new, self.version);
+        }
         let mut causes = validate(kind, &new, self.version);
         causes.extend(validate_update(kind, &old, &new, self.version));
         if !causes.is_empty() {
             return Err(ApiError::invalid(kind, name, causes));
+        }
+        if kind == Kind::PersistentVolumeClaim && !status_only {
+            self.admit_claim_resize(name, &old, &new)?;
         }
         if kind == Kind::PersistentVolume
             && self.version == KubeVersion::V1_33

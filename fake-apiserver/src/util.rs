@@ -412,6 +412,51 @@ pub fn fields_match(obj: &Value, reqs: &[Requirement]) -> bool {
     })
 }
 
+/// Compares two quantities (`1Gi`, `1024Mi`, `1.5G`, `2e9`) by value; `None` if either does
+/// not parse. Exact: both are brought to a mantissa and a power of ten in 128-bit integers.
+pub fn quantity_cmp(a: &str, b: &str) -> Option<std::cmp::Ordering> {
+    fn parse(q: &str) -> Option<(u128, i32)> {
+        let q = q.trim();
+        let end = q
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(q.len());
+        let (number, suffix) = q.split_at(end);
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        if (whole.is_empty() && fraction.is_empty()) || fraction.contains('.') {
+            return None;
+        }
+        let digits = format!("{whole}{fraction}");
+        let mut mantissa: u128 = digits.trim_start_matches('0').parse().unwrap_or(0);
+        let mut exp10 = -(fraction.len() as i32);
+        let binary = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"]
+            .iter()
+            .position(|s| *s == suffix);
+        match binary {
+            Some(i) => mantissa = mantissa.checked_mul(1u128 << (10 * (i + 1)))?,
+            None => {
+                exp10 += match suffix {
+                    "" => 0,
+                    "m" => -3,
+                    "k" => 3,
+                    "M" => 6,
+                    "G" => 9,
+                    "T" => 12,
+                    "P" => 15,
+                    "E" => 18,
+                    e if e.starts_with(['e', 'E']) => e[1..].parse::<i32>().ok()?,
+                    _ => return None,
+                }
+            }
+        }
+        Some((mantissa, exp10))
+    }
+    let (ma, ea) = parse(a)?;
+    let (mb, eb) = parse(b)?;
+    let shift = |m: u128, by: i32| m.checked_mul(10u128.checked_pow(by as u32)?);
+    let low = ea.min(eb);
+    Some(shift(ma, ea - low)?.cmp(&shift(mb, eb - low)?))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -437,6 +482,18 @@ mod tests {
     fn formats_time() {
         assert_eq!(format_unix(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_unix(1_795_305_129), "2026-11-21T23:52:09Z");
+    }
+
+    #[test]
+    fn quantities_compare_by_value() {
+        use std::cmp::Ordering::*;
+        assert_eq!(quantity_cmp("1Gi", "1024Mi"), Some(Equal));
+        assert_eq!(quantity_cmp("2Gi", "1Gi"), Some(Greater));
+        assert_eq!(quantity_cmp("1G", "1Gi"), Some(Less));
+        assert_eq!(quantity_cmp("1.5G", "1500M"), Some(Equal));
+        assert_eq!(quantity_cmp("2e9", "2G"), Some(Equal));
+        assert_eq!(quantity_cmp("100m", "1"), Some(Less));
+        assert_eq!(quantity_cmp("1GB", "1"), None);
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub const REASON_DATA_PREDATES_VOLUME: &str = "VolumeDataPredatesVolume";
 /// A deleted PV that carried our finalizer but no `provisioned-by` annotation: let go, its
 /// directory untouched.
 pub const REASON_RELEASED_UNTOUCHED: &str = "VolumeReleasedDataKept";
+/// Claim expansion, with kubernetes-csi/external-resizer's reasons.
+pub const REASON_RESIZING: &str = "Resizing";
+pub const REASON_RESIZE_SUCCEEDED: &str = "VolumeResizeSuccessful";
+pub const REASON_RESIZE_FAILED: &str = "VolumeResizeFailed";
 
 /// Namespace of Events about cluster-scoped objects (PVs). v1.19 accepts such an Event only in
 /// `kube-system` (422 "involvedObject.namespace: does not match event.namespace" in `default`),
@@ -175,6 +179,10 @@ impl EventPublisher {
             | REASON_DIRECTORY_SHARED
             | REASON_DATA_PREDATES_VOLUME
             | REASON_RELEASED_UNTOUCHED => "Delete",
+            REASON_RESIZING | REASON_RESIZE_SUCCEEDED | REASON_RESIZE_FAILED => "Resize",
+            crate::usage::REASON_USAGE_OVER_REQUEST | crate::usage::REASON_USAGE_WITHIN_REQUEST => {
+                "Measure"
+            }
             _ => "Provision",
         };
         K8sEvent {

@@ -16,6 +16,7 @@
 mod directory_index;
 mod error;
 mod events;
+pub mod expansion;
 mod orphans;
 mod other_volumes;
 mod provision;
@@ -39,12 +40,20 @@ use crate::admin::Readiness;
 use crate::metrics::Metrics;
 use crate::nfs_plugin::Exports;
 use crate::objects::{Claim, Class, Volume};
+use crate::usage::{self, UsageSettings};
 pub use directory_index::DirectoryIndex;
 pub use error::{Error, Result};
 pub use events::EventPublisher;
 use queue::WorkQueue;
 use selection::{Ownership, Selection, claim_may_need_a_volume, class_name_of};
 use watches::Watches;
+
+/// What a successful attempt asks for next.
+pub enum Next {
+    Done,
+    /// Look again after a while without counting a failure (a write found the cache behind).
+    RecheckAfter(Duration),
+}
 
 /// One unit of work: a claim to provision or a volume to look after.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -89,6 +98,8 @@ pub struct ControllerSettings {
     pub shutdown_grace: Duration,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
+    /// Budget and pace of usage measurement.
+    pub usage: UsageSettings,
 }
 
 /// How often the `claims_waiting` gauge is updated.
@@ -194,6 +205,31 @@ impl Controller {
                 stop_taking.clone(),
                 term.clone(),
             ));
+            // Usage measurement while leading, one task per export with that export's root,
+            // health and volumes; it stops taking work with the workers.
+            for export in self.ctx.exports.iter() {
+                let name = export.name().to_string();
+                let (source, export_name) = (self.ctx.clone(), name.clone());
+                let volumes: usage::VolumeSource = Arc::new(move || {
+                    source
+                        .exports
+                        .named(Some(&export_name))
+                        .map(|export| usage::from_cache(&source, export))
+                        .unwrap_or_default()
+                });
+                let probe = metrics.clone();
+                let healthy: usage::HealthSource =
+                    Arc::new(move || probe.nfs_root_healthy(&name).get() == 1);
+                let monitor = usage::UsageMonitor::new(
+                    export.root().clone(),
+                    metrics.usage.clone(),
+                    self.ctx.events.clone(),
+                    volumes,
+                    healthy,
+                    self.settings.usage.clone(),
+                );
+                term_tasks.spawn(monitor.run(stop_taking.clone()));
+            }
             term_tasks.spawn(workers::run(
                 self.ctx.clone(),
                 self.queue.clone(),
@@ -255,7 +291,7 @@ async fn resync(
 /// Queues every claim and volume this provisioner may have to act on.
 fn enqueue_all(ctx: &Context, queue: &WorkQueue<WorkItem>) {
     for claim in ctx.claims.state() {
-        if claim_may_need_a_volume(&claim) {
+        if claim_may_need_a_volume(&claim) || expansion::wants_expansion(&claim) {
             queue.add(WorkItem::Claim(ObjectRef::from_obj(&*claim)));
         }
     }

@@ -121,9 +121,10 @@ where
     move |event| writer.apply_watcher_event(event)
 }
 
-/// Claims the controller caches: those that may still need a volume.
+/// Claims the controller caches: those that may still need a volume, and bound ones asking
+/// for more (expansion).
 fn keep_claim(claim: &mut Claim) -> bool {
-    let keep = claim_may_need_a_volume(claim);
+    let keep = claim_may_need_a_volume(claim) || super::expansion::wants_expansion(claim);
     if keep {
         trim(claim);
     }

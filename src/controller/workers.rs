@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::queue::WorkQueue;
-use super::{Context, Error, WorkItem, provision, reclaim};
+use super::{Context, Error, Next, WorkItem, expansion, provision, reclaim};
 
 /// Runs `workers` workers until `stop_taking` fires; `term` cancels in-flight work.
 pub async fn run(
@@ -46,10 +46,15 @@ async fn process(
     key: &WorkItem,
     term: &CancellationToken,
 ) {
+    // A claim that has a volume may be asking for more: that is expansion's.
+    let resize = matches!(key, WorkItem::Claim(r) if expansion::applies_to(ctx, r));
     let attempt = async {
         match key {
-            WorkItem::Claim(r) => provision::reconcile(ctx, r, term).await,
-            WorkItem::Volume(r) => reclaim::reconcile(ctx, r, term).await,
+            WorkItem::Claim(r) if resize => expansion::reconcile(ctx, r).await,
+            WorkItem::Claim(r) => provision::reconcile(ctx, r, term)
+                .await
+                .map(|()| Next::Done),
+            WorkItem::Volume(r) => reclaim::reconcile(ctx, r, term).await.map(|()| Next::Done),
         }
     };
     let outcome = tokio::select! {
@@ -58,11 +63,16 @@ async fn process(
         r = attempt => r,
     };
     match outcome {
-        Ok(()) => queue.forget(key),
+        Ok(Next::Done) => queue.forget(key),
+        Ok(Next::RecheckAfter(delay)) => {
+            queue.forget(key);
+            queue.add_after(key.clone(), delay);
+        }
         Err(Error::Stopped) => debug!(?key, "attempt abandoned: work stopped"),
         Err(e) => {
             let delay = queue.backoff(key);
             let operation = match key {
+                WorkItem::Claim(_) if resize => "resize",
                 WorkItem::Claim(_) => "provision",
                 WorkItem::Volume(_) => "delete",
             };

@@ -73,6 +73,11 @@ impl NfsPlugin {
         &self.nfs_server
     }
 
+    /// The exported path PVs of this export point beneath.
+    pub fn export_path(&self) -> &ExportPath {
+        &self.export
+    }
+
     pub fn root(&self) -> &NfsRoot {
         &self.root
     }

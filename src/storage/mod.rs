@@ -22,6 +22,9 @@
 mod confined;
 mod journal;
 mod removal;
+mod usage;
+
+pub use usage::{UsageStep, VolumeUsage};
 
 use std::fmt;
 use std::os::fd::{AsFd, OwnedFd};
@@ -136,6 +139,14 @@ impl StorageError {
             StorageError::ArchiveNameUnavailable { .. } => "archive_name_unavailable",
             StorageError::OwnerNotPermitted { .. } => "owner_not_permitted",
         }
+    }
+
+    /// True for errors caused by a slow or hung server (worth retrying later).
+    pub fn is_not_responding(&self) -> bool {
+        matches!(
+            self,
+            StorageError::NotResponding { .. } | StorageError::Overloaded { .. }
+        )
     }
 }
 
@@ -642,6 +653,96 @@ impl NfsRoot {
         }
         tracing::warn!(op, path, error = %gave_up, stuck = self.stuck_operations(), "gave up waiting for NFS operation");
         Err(gave_up)
+    }
+}
+
+/// A measurement of one volume directory in progress: where the walk stands and the sums so
+/// far (see [`NfsRoot::measure_volume_dir`]). Cheap to clone; clones share the progress.
+#[derive(Clone)]
+pub struct UsageScan {
+    dir: VolumeDirectory,
+    state: Arc<std::sync::Mutex<usage::ScanState>>,
+}
+
+impl UsageScan {
+    pub fn new(dir: VolumeDirectory) -> Self {
+        UsageScan {
+            dir,
+            state: Default::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &VolumeDirectory {
+        &self.dir
+    }
+
+    /// Whether a slice of this scan is running (or stuck in the kernel) right now.
+    pub fn is_busy(&self) -> bool {
+        matches!(
+            self.state.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        )
+    }
+}
+
+impl fmt::Debug for UsageScan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UsageScan").field("dir", &self.dir).finish()
+    }
+}
+
+impl NfsRoot {
+    /// One slice of measuring a volume directory's usage (bytes on disk, apparent bytes,
+    /// inodes; see [`VolumeUsage`]): at most `max_entries` entries, within one operation's
+    /// deadline (stopping cleanly at half of it), continuing where the previous slice of
+    /// `scan` stopped. Call again while it returns [`UsageStep::InProgress`].
+    ///
+    /// Read only, confined beneath the root, never following a symlink or entering another
+    /// file system. A slice that hangs is abandoned like any operation (NotResponding); its
+    /// thread keeps the scan's progress, so until the server answers again further slices
+    /// fail fast instead of queueing behind it, and once it has answered the scan continues
+    /// from there.
+    pub async fn measure_volume_dir(
+        &self,
+        scan: &UsageScan,
+        max_entries: u64,
+        cancel: &CancellationToken,
+    ) -> Result<UsageStep, StorageError> {
+        let timeout = self.inner.opts.op_timeout;
+        if scan.is_busy() {
+            return Err(StorageError::NotResponding {
+                op: "usage scan (an earlier slice is still waiting for the server)",
+                timeout,
+            });
+        }
+        let (state, dir) = (scan.state.clone(), scan.dir.clone());
+        self.run("usage", &scan.dir, cancel, move |inner, ctx| {
+            let mut state = match state.try_lock() {
+                Ok(state) => state,
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    return Err(StorageError::NotResponding {
+                        op: "usage scan (an earlier slice is still waiting for the server)",
+                        timeout,
+                    });
+                }
+                // A slice panicked midway: its progress cannot be trusted; start again.
+                Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                    let mut guard = poisoned.into_inner();
+                    guard.reset();
+                    state.clear_poison();
+                    guard
+                }
+            };
+            usage::scan_slice(
+                inner.root.as_fd(),
+                inner.root_dev,
+                &dir,
+                &mut state,
+                max_entries,
+                ctx,
+            )
+        })
+        .await
     }
 }
 

@@ -453,3 +453,92 @@ async fn claims_created_while_cut_off_are_provisioned_after_the_relist() {
     assert_eq!(c.our_volumes().await.len(), 151, "one PV per claim");
     p.stop();
 }
+
+/// Resizes a bound claim while the fake holds `point`'s request, kills the provisioner there,
+/// and checks that a new one finishes the resize: PV and claim both at the new size, no
+/// resize left in progress.
+async fn resize_with_crash(point: CrashPoint, pv_grown_at_crash: bool) {
+    use crate::expansion::{
+        ask_for, claim_capacity, growable_class, volume_capacity, wait_claim_holds,
+    };
+
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = growable_class(&c, "crash", Some(true)).await;
+    let first =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    c.create_claim(&TestCluster::claim("victim", &class)).await;
+    let pv = c.wait_bound("victim").await;
+    let fault = fake.add_fault(
+        Fault::new(point.action.clone())
+            .verb(point.verb)
+            .resource(point.resource)
+            .times(1),
+    );
+    ask_for(&c, "victim", "4Mi").await.unwrap();
+    fault.triggered().await;
+    first.kill();
+
+    // Where the crash left things: the claim marked Resizing, the PV grown or not. (Read
+    // while the fault still holds the request: once cleared, a held request goes on.)
+    let claim = c.claims().get("victim").await.unwrap();
+    assert_eq!(claim_capacity(&claim).as_deref(), Some("1Mi"));
+    let conditions = claim
+        .status
+        .as_ref()
+        .unwrap()
+        .conditions
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        conditions.iter().any(|c| c.type_ == "Resizing"),
+        "{conditions:?}"
+    );
+    let expected = if pv_grown_at_crash { "4Mi" } else { "1Mi" };
+    // (The fault fires as the request arrives; an applied one lands just after.)
+    c.eventually(&format!("the PV at {expected}"), || async {
+        let pv = c.volumes().get(&pv.name_any()).await.ok()?;
+        (volume_capacity(&pv).as_deref() == Some(expected)).then_some(())
+    })
+    .await;
+    fake.clear_faults();
+
+    let second =
+        RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    wait_claim_holds(&c, "victim", "4Mi").await;
+    let after = c.volumes().get(&pv.name_any()).await.unwrap();
+    assert_eq!(volume_capacity(&after).as_deref(), Some("4Mi"));
+    let note = c.wait_claim_event("victim", "VolumeResizeSuccessful").await;
+    if pv_grown_at_crash {
+        assert!(note.contains("earlier attempt"), "{note}");
+    }
+    assert_eq!(c.our_volumes().await.len(), 1, "no second PV");
+    second.stop();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_volume_grew_before_the_claim_was_updated() {
+    resize_with_crash(
+        CrashPoint {
+            verb: "patch",
+            resource: "persistentvolumes",
+            action: FaultAction::ApplyThenHang,
+        },
+        true,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_the_claim_was_marked_resizing_before_the_volume_grew() {
+    resize_with_crash(
+        CrashPoint {
+            verb: "patch",
+            resource: "persistentvolumes",
+            action: FaultAction::Hang,
+        },
+        false,
+    )
+    .await;
+}

@@ -2,6 +2,7 @@
 //! cluster (`E2E_KUBECONFIG`). Crash and fault scenarios always use the fake.
 
 mod cluster;
+mod expansion;
 mod exports;
 mod fake_only;
 #[path = "../kube_objects/mod.rs"]
@@ -12,3 +13,4 @@ mod provisioner;
 mod rbac;
 mod real_cluster;
 mod scenarios;
+mod usage;

@@ -14,7 +14,7 @@ use crate::cluster::TestCluster;
 use crate::provisioner::RunningProvisioner;
 
 /// Minimal HTTP GET: (status, body).
-pub(crate) fn get(url: &str) -> (u16, String) {
+pub fn get(url: &str) -> (u16, String) {
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest.split_at(rest.find('/').unwrap());
     let mut s = std::net::TcpStream::connect(host).expect("admin endpoint reachable");
@@ -35,7 +35,7 @@ pub(crate) fn get(url: &str) -> (u16, String) {
 }
 
 /// The value of one sample line (`name{labels} value`) in a metrics page.
-pub(crate) fn sample(page: &str, series: &str) -> Option<f64> {
+pub fn sample(page: &str, series: &str) -> Option<f64> {
     page.lines()
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
         .and_then(|l| l.rsplit(' ').next())

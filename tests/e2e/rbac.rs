@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use fake_apiserver::Options;
 use kube::ResourceExt;
-use kube::api::PostParams;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::Value;
 
 use crate::cluster::{PROVISIONER_USER, TestCluster, shipped_rbac};
@@ -52,7 +52,7 @@ fn without(objects: &[Value], p: &Permission) -> Vec<Value> {
     objects
 }
 
-/// Provision, report, adopt, keep leading, reclaim: everything the provisioner does.
+/// Provision, report, resize, adopt, keep leading, reclaim: everything the provisioner does.
 /// `Err` names the first expectation that was not met within the time limit.
 async fn lifecycle(c: &TestCluster, root: &std::path::Path) -> Result<(), String> {
     let limit = Duration::from_secs(8);
@@ -116,6 +116,33 @@ async fn lifecycle(c: &TestCluster, root: &std::path::Path) -> Result<(), String
             events
                 .iter()
                 .any(|e| e.series.as_ref().is_some_and(|s| s.count >= 2))
+        })
+        .await?;
+        // Expansion: the PV grows (PV patch) and the claim's status says so (status patch).
+        let growable = c
+            .create_class_with("growable", &[], "Delete", |sc| {
+                sc.allow_volume_expansion = Some(true)
+            })
+            .await;
+        c.create_claim(&TestCluster::claim("grown", &growable))
+            .await;
+        within(limit, "claim to grow bound", || async {
+            let claim = c.claims().get("grown").await.unwrap();
+            claim.status.and_then(|s| s.phase).as_deref() == Some("Bound")
+        })
+        .await?;
+        let more = serde_json::json!({"spec": {"resources": {"requests": {"storage": "2Mi"}}}});
+        c.claims()
+            .patch("grown", &PatchParams::default(), &Patch::Merge(&more))
+            .await
+            .unwrap();
+        within(limit, "claim resized", || async {
+            let claim = c.claims().get("grown").await.unwrap();
+            claim
+                .status
+                .and_then(|s| s.capacity)
+                .and_then(|c| c.get("storage").cloned())
+                .is_some_and(|q| q.0 == "2Mi")
         })
         .await?;
         within(limit, "legacy PV adopted", || async {
@@ -213,7 +240,7 @@ async fn removing_any_single_permission_breaks_the_provisioner() {
     let objects = shipped_rbac();
     let all = permissions(&objects);
     assert!(
-        all.len() >= 14,
+        all.len() >= 15,
         "every verb of every rule is tried: {all:?}"
     );
     let runs = all.iter().map(|p| {
