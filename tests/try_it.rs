@@ -201,7 +201,7 @@ fn kubectl_apply_gives_a_bound_claim_and_its_directory_without_a_cluster() {
 
 #[test]
 fn the_try_it_class_is_the_installed_nfs_client_class() {
-    let text = std::fs::read_to_string(repo("deploy/storageclass-archive.yaml")).unwrap();
+    let text = std::fs::read_to_string(repo("deploy/base/storageclass-archive.yaml")).unwrap();
     let shipped = serde_json::Value::deserialize(serde_yaml::Deserializer::from_str(&text))
         .expect("storageclass-archive.yaml parses");
     assert_eq!(nfs_client_class(), shipped);

@@ -1,7 +1,7 @@
 //! A control plane on loopback with the provisioner attached, for trying the project without
 //! a cluster (`scripts/try-it`) and for tests that drive it with kubectl: the fake API server
 //! (v1.33, with its PV binder), a kubeconfig for it, the StorageClass `nfs-client` of
-//! `deploy/storageclass-archive.yaml`, and the provisioner binary as a child process whose NFS
+//! `deploy/base/storageclass-archive.yaml`, and the provisioner binary as a child process whose NFS
 //! root is a local directory.
 
 use std::io;
@@ -52,7 +52,7 @@ impl ProvisionerLog {
     }
 }
 
-/// The class `kubectl apply -k deploy/` installs (`deploy/storageclass-archive.yaml`; a test
+/// The class `kubectl apply -k deploy/` installs (`deploy/base/storageclass-archive.yaml`; a test
 /// of the main crate keeps the two equal).
 pub fn nfs_client_class() -> serde_json::Value {
     json!({
@@ -62,6 +62,7 @@ pub fn nfs_client_class() -> serde_json::Value {
         "provisioner": PROVISIONER_NAME,
         "parameters": {"archiveOnDelete": "true"},
         "reclaimPolicy": "Delete",
+        "allowVolumeExpansion": true,
         "volumeBindingMode": "Immediate",
     })
 }
