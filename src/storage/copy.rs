@@ -54,7 +54,9 @@ use nix::sys::stat::{
 };
 use nix::sys::time::TimeSpec;
 use nix::sys::uio::{pread, pwrite};
-use nix::unistd::{Gid, Uid, Whence, fchown, fchownat, ftruncate, linkat, lseek, symlinkat};
+use nix::unistd::{
+    Gid, Uid, Whence, fchown, fchownat, ftruncate, getegid, geteuid, linkat, lseek, symlinkat,
+};
 
 use super::confined::{
     MAX_OPEN_DEPTH, RESOLVE_RETRIES, file_type, fs_error, open_volume, unsafe_path,
@@ -412,6 +414,8 @@ struct FileCopy {
     pos: i64,
     /// End of the data region `pos` is in (`pos >= data_end`: look for the next one).
     data_end: i64,
+    /// End of the data written so far (less than `size`: a trailing hole to restore).
+    written_end: i64,
     meta: Meta,
     rel: String,
     staged: String,
@@ -499,9 +503,18 @@ struct Walk {
     buffer: Vec<u8>,
     /// `copy_file_range` works between these files (else `pread`/`pwrite`).
     copy_range: bool,
+    host: Host,
+    limits: CopyLimits,
+}
+
+/// What this process may do and gets, learned while copying.
+struct Host {
     /// `O_NOATIME` is permitted (so reading does not change the source's access times).
     noatime: bool,
-    limits: CopyLimits,
+    /// Owner of every entry created in the copy, when certain: the copy's directories are
+    /// created by the provisioner, mode 0700 without set-group-ID, until their contents are
+    /// complete. Entries whose source has this owner need no chown.
+    created_owner: Option<(u32, u32)>,
 }
 
 /// The entry being copied and the two directories it is in.
@@ -566,9 +579,11 @@ impl Walk {
             Mode::empty(),
         )
         .map_err(|e| fs_error("open", &staged, e))?;
-        let dst_ino = fstat(&dst)
-            .map_err(|e| fs_error("stat", &staged, e))?
-            .st_ino;
+        let dst_st = fstat(&dst).map_err(|e| fs_error("stat", &staged, e))?;
+        let (euid, egid) = (geteuid().as_raw(), getegid().as_raw());
+        let created_owner =
+            (dst_st.st_uid == euid && dst_st.st_gid == egid && dst_st.st_mode & libc::S_ISGID == 0)
+                .then_some((euid, egid));
         let listing =
             reopen_here(src_top.as_fd()).map_err(|e| fs_error("open", source.as_str(), e))?;
         let src = DirStream::new(listing).map_err(|e| fs_error("opendir", source.as_str(), e))?;
@@ -576,7 +591,7 @@ impl Walk {
             name: CString::default(),
             rel_len: 0,
             src_ino: st.st_ino,
-            dst_ino,
+            dst_ino: dst_st.st_ino,
             meta: Meta::of(&st),
             streams: Some(Streams { src, dst }),
             position: 0,
@@ -599,7 +614,10 @@ impl Walk {
             links: LinkMap::new(&limits),
             buffer: Vec::new(),
             copy_range: true,
-            noatime: true,
+            host: Host {
+                noatime: true,
+                created_owner,
+            },
             limits,
         })
     }
@@ -619,7 +637,7 @@ impl Walk {
                     Some(bytes) => tally.progress.bytes += bytes,
                     None => {
                         if let Some(done) = self.file.take() {
-                            done.finish(tally)?;
+                            done.finish(&self.host, tally)?;
                         }
                     }
                 }
@@ -631,7 +649,7 @@ impl Walk {
                 self.reopen(depth)?;
             }
             let next = match &mut self.stack[depth].streams {
-                Some(streams) => streams.src.next_name(),
+                Some(streams) => streams.src.next_entry(),
                 None => unreachable!("the current directory was just reopened"),
             };
             match next {
@@ -645,11 +663,18 @@ impl Walk {
                 Some(Err(e)) => {
                     return Err(fs_error("readdir", &self.shown_dir(), e));
                 }
-                Some(Ok(name)) => {
+                Some(Ok((name, d_type))) => {
                     if name.as_c_str() == c"." || name.as_c_str() == c".." {
                         continue;
                     }
-                    self.entry(ctx, tally, &name)?;
+                    // The listing's type saves a stat for files and directories: they are
+                    // opened anyway, and the open descriptor's fstat is what counts.
+                    let hint = match d_type {
+                        libc::DT_REG => Some(SFlag::S_IFREG),
+                        libc::DT_DIR => Some(SFlag::S_IFDIR),
+                        _ => None,
+                    };
+                    self.entry(ctx, tally, &name, hint)?;
                     progressed = true;
                 }
             }
@@ -670,6 +695,7 @@ impl Walk {
         ctx: &OpContext,
         tally: &mut Tally,
         name: &CStr,
+        mut hint: Option<SFlag>,
     ) -> Result<(), StorageError> {
         let rel = if self.rel.is_empty() {
             name.to_string_lossy().into_owned()
@@ -684,7 +710,7 @@ impl Walk {
             stack,
             links,
             dst_top,
-            noatime,
+            host,
             limits,
             src_dev,
             ..
@@ -711,25 +737,31 @@ impl Walk {
         }
         let mut action = Action::Changed;
         for _ in 0..=RESOLVE_RETRIES {
-            let st = match fstatat(at.src, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(Errno::ENOENT) => {
-                    tally.note(CopyNoteKind::Vanished, &rel);
-                    return Ok(());
-                }
-                Err(e) => return Err(fs_error("stat", &shown, e)),
+            // Only files and directories come with a hint; everything else is stat'ed.
+            let (kind, st) = match hint.take() {
+                Some(kind) => (kind, None),
+                None => match fstatat(at.src, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+                    Ok(st) => (file_type(&st), Some(st)),
+                    Err(Errno::ENOENT) => {
+                        tally.note(CopyNoteKind::Vanished, &rel);
+                        return Ok(());
+                    }
+                    Err(e) => return Err(fs_error("stat", &shown, e)),
+                },
             };
-            action = match file_type(&st) {
-                SFlag::S_IFDIR => enter_dir(&at, &st, stack.len(), limits, noatime, tally, ctx)?,
-                SFlag::S_IFREG => {
+            action = match (kind, st) {
+                (SFlag::S_IFDIR, _) => enter_dir(&at, stack.len(), limits, host, tally, ctx)?,
+                (SFlag::S_IFREG, _) => {
                     let dir_rel = &stack[1..];
-                    start_file(&at, dir_rel, dst_top.as_fd(), links, noatime, tally, ctx)?
+                    start_file(&at, dir_rel, dst_top.as_fd(), links, host, tally, ctx)?
                 }
-                SFlag::S_IFLNK => copy_symlink(&at, &st, tally)?,
-                SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK => copy_special(&at, &st, tally)?,
-                SFlag::S_IFSOCK => {
+                (SFlag::S_IFSOCK, _) => {
                     tally.note(CopyNoteKind::Socket, &rel);
                     Action::Done
+                }
+                (SFlag::S_IFLNK, Some(st)) => copy_symlink(&at, &st, host, tally)?,
+                (SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK, Some(st)) => {
+                    copy_special(&at, &st, host, tally)?
                 }
                 _ => {
                     tally.note(CopyNoteKind::UnknownType, &rel);
@@ -782,7 +814,14 @@ impl Walk {
         } else {
             format!("{}/{}", self.staged, self.rel)
         };
-        apply_meta(dst.as_fd(), &level.meta, &self.rel, &staged, tally)?;
+        apply_meta(
+            dst.as_fd(),
+            &level.meta,
+            &self.rel,
+            &staged,
+            &self.host,
+            tally,
+        )?;
         if let Some(parent) = self.stack.last() {
             self.rel.truncate(parent.rel_len);
         }
@@ -877,9 +916,9 @@ fn open_for_reading(
     dir: BorrowedFd<'_>,
     name: &CStr,
     extra: OFlag,
-    noatime: &mut bool,
+    host: &mut Host,
 ) -> Result<OwnedFd, Errno> {
-    if *noatime {
+    if host.noatime {
         match openat(
             dir,
             name,
@@ -887,7 +926,7 @@ fn open_for_reading(
             Mode::empty(),
         ) {
             // Only the file's owner (or CAP_FOWNER) may use O_NOATIME.
-            Err(Errno::EPERM) => *noatime = false,
+            Err(Errno::EPERM) => host.noatime = false,
             other => return other,
         }
     }
@@ -896,17 +935,12 @@ fn open_for_reading(
 
 fn enter_dir(
     at: &At<'_>,
-    st: &FileStat,
     depth: usize,
     limits: &CopyLimits,
-    noatime: &mut bool,
+    host: &mut Host,
     tally: &mut Tally,
     ctx: &OpContext,
 ) -> Result<Action, StorageError> {
-    if st.st_dev != at.src_dev {
-        tally.note(CopyNoteKind::MountPoint, at.rel);
-        return Ok(Action::Done);
-    }
     if depth > limits.max_depth {
         return Err(unsafe_path(
             at.shown,
@@ -917,7 +951,7 @@ fn enter_dir(
         ));
     }
     ctx.fault_point("copy_open", at.shown);
-    let src = match open_for_reading(at.src, at.name, OFlag::O_DIRECTORY, noatime) {
+    let src = match open_for_reading(at.src, at.name, OFlag::O_DIRECTORY, host) {
         Ok(fd) => fd,
         Err(Errno::ELOOP | Errno::ENOTDIR) => return Ok(Action::Changed),
         Err(Errno::ENOENT) => {
@@ -930,6 +964,7 @@ fn enter_dir(
     if file_type(&opened) != SFlag::S_IFDIR {
         return Ok(Action::Changed);
     }
+    // A mount point opens as the root of the other file system: not entered further.
     if opened.st_dev != at.src_dev {
         tally.note(CopyNoteKind::MountPoint, at.rel);
         return Ok(Action::Done);
@@ -996,12 +1031,12 @@ fn start_file(
     dirs: &[Level],
     dst_top: BorrowedFd<'_>,
     links: &mut LinkMap,
-    noatime: &mut bool,
+    host: &mut Host,
     tally: &mut Tally,
     ctx: &OpContext,
 ) -> Result<Action, StorageError> {
     ctx.fault_point("copy_open", at.shown);
-    let src = match open_for_reading(at.src, at.name, OFlag::empty(), noatime) {
+    let src = match open_for_reading(at.src, at.name, OFlag::empty(), host) {
         Ok(fd) => fd,
         // A symlink swapped in (ELOOP), or a socket (ENXIO): copy it as what it is now.
         Err(Errno::ELOOP | Errno::ENXIO) => return Ok(Action::Changed),
@@ -1041,10 +1076,14 @@ fn start_file(
             Err(e) => return Err(fs_error("link", at.staged, e)),
         }
     }
-    // Reads block as usual from here on (O_NONBLOCK only guarded the open).
-    let flags = fcntl(&src, FcntlArg::F_GETFL).map_err(|e| fs_error("fcntl", at.shown, e))?;
-    let flags = OFlag::from_bits_truncate(flags) & !OFlag::O_NONBLOCK;
-    fcntl(&src, FcntlArg::F_SETFL(flags)).map_err(|e| fs_error("fcntl", at.shown, e))?;
+    // Reads block as usual from here on (O_NONBLOCK only guarded the open). F_SETFL sets
+    // only the status flags: O_NOATIME (kept if the open used it) and O_NONBLOCK (cleared).
+    let status = if host.noatime {
+        OFlag::O_NOATIME
+    } else {
+        OFlag::empty()
+    };
+    fcntl(&src, FcntlArg::F_SETFL(status)).map_err(|e| fs_error("fcntl", at.shown, e))?;
     let dst = openat(
         at.dst,
         at.name,
@@ -1059,12 +1098,16 @@ fn start_file(
     {
         tally.note(CopyNoteKind::HardLinkCopied, at.rel);
     }
+    // Fewer blocks than bytes: it may have holes, look for them. Otherwise (the heuristic of
+    // `cp`) copy it whole without two lseeks per file.
+    let maybe_sparse = st.st_blocks.saturating_mul(512) < st.st_size;
     Ok(Action::File(FileCopy {
         src,
         dst,
         size: st.st_size,
         pos: 0,
-        data_end: 0,
+        data_end: if maybe_sparse { 0 } else { st.st_size },
+        written_end: 0,
         meta: Meta::of(&st),
         rel: at.rel.to_owned(),
         staged: at.staged.to_owned(),
@@ -1133,6 +1176,7 @@ impl FileCopy {
             return Ok(Some(0));
         }
         self.pos += n as i64;
+        self.written_end = self.pos;
         Ok(Some(n as u64))
     }
 
@@ -1154,9 +1198,24 @@ impl FileCopy {
     }
 
     /// Size (a trailing hole), then owner, mode and times.
-    fn finish(self, tally: &mut Tally) -> Result<(), StorageError> {
-        ftruncate(&self.dst, self.size).map_err(|e| fs_error("truncate", &self.staged, e))?;
-        apply_meta(self.dst.as_fd(), &self.meta, &self.rel, &self.staged, tally)
+    fn finish(self, host: &Host, tally: &mut Tally) -> Result<(), StorageError> {
+        if self.written_end != self.size {
+            ftruncate(&self.dst, self.size).map_err(|e| fs_error("truncate", &self.staged, e))?;
+        }
+        apply_meta(
+            self.dst.as_fd(),
+            &self.meta,
+            &self.rel,
+            &self.staged,
+            host,
+            tally,
+        )
+    }
+}
+
+impl Host {
+    fn chown_needed(&self, meta: &Meta) -> bool {
+        self.created_owner != Some((meta.uid, meta.gid))
     }
 }
 
@@ -1166,33 +1225,41 @@ fn apply_meta(
     meta: &Meta,
     rel: &str,
     staged: &str,
+    host: &Host,
     tally: &mut Tally,
 ) -> Result<(), StorageError> {
-    match fchown(
-        fd,
-        Some(Uid::from_raw(meta.uid)),
-        Some(Gid::from_raw(meta.gid)),
-    ) {
-        Ok(()) => {}
-        Err(Errno::EPERM | Errno::EINVAL) => tally.note(CopyNoteKind::OwnerNotKept, rel),
-        Err(e) => return Err(fs_error("chown", staged, e)),
+    if host.chown_needed(meta) {
+        let owner = (Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
+        match fchown(fd, owner.0, owner.1) {
+            Ok(()) => {}
+            Err(Errno::EPERM | Errno::EINVAL) => tally.note(CopyNoteKind::OwnerNotKept, rel),
+            Err(e) => return Err(fs_error("chown", staged, e)),
+        }
     }
     fchmod(fd, Mode::from_bits_truncate(meta.mode)).map_err(|e| fs_error("chmod", staged, e))?;
     futimens(fd, &meta.atime, &meta.mtime).map_err(|e| fs_error("set times of", staged, e))
 }
 
 /// Owner and times of an entry that cannot be opened (symlink, FIFO, device node).
-fn apply_meta_at(at: &At<'_>, meta: &Meta, tally: &mut Tally) -> Result<(), StorageError> {
-    match fchownat(
-        at.dst,
-        at.name,
-        Some(Uid::from_raw(meta.uid)),
-        Some(Gid::from_raw(meta.gid)),
-        AtFlags::AT_SYMLINK_NOFOLLOW,
-    ) {
-        Ok(()) => {}
-        Err(Errno::EPERM | Errno::EINVAL) => tally.note(CopyNoteKind::OwnerNotKept, at.rel),
-        Err(e) => return Err(fs_error("chown", at.staged, e)),
+fn apply_meta_at(
+    at: &At<'_>,
+    meta: &Meta,
+    host: &Host,
+    tally: &mut Tally,
+) -> Result<(), StorageError> {
+    if host.chown_needed(meta) {
+        let owner = (Some(Uid::from_raw(meta.uid)), Some(Gid::from_raw(meta.gid)));
+        match fchownat(
+            at.dst,
+            at.name,
+            owner.0,
+            owner.1,
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ) {
+            Ok(()) => {}
+            Err(Errno::EPERM | Errno::EINVAL) => tally.note(CopyNoteKind::OwnerNotKept, at.rel),
+            Err(e) => return Err(fs_error("chown", at.staged, e)),
+        }
     }
     utimensat(
         at.dst,
@@ -1204,7 +1271,12 @@ fn apply_meta_at(at: &At<'_>, meta: &Meta, tally: &mut Tally) -> Result<(), Stor
     .map_err(|e| fs_error("set times of", at.staged, e))
 }
 
-fn copy_symlink(at: &At<'_>, st: &FileStat, tally: &mut Tally) -> Result<Action, StorageError> {
+fn copy_symlink(
+    at: &At<'_>,
+    st: &FileStat,
+    host: &Host,
+    tally: &mut Tally,
+) -> Result<Action, StorageError> {
     let target = match readlinkat(at.src, at.name) {
         Ok(target) => target,
         Err(Errno::EINVAL) => return Ok(Action::Changed), // no longer a symlink
@@ -1217,11 +1289,16 @@ fn copy_symlink(at: &At<'_>, st: &FileStat, tally: &mut Tally) -> Result<Action,
     // The target is text to copy, never a path resolved here.
     symlinkat(target.as_bytes(), at.dst, at.name).map_err(|e| fs_error("symlink", at.staged, e))?;
     tally.progress.entries += 1;
-    apply_meta_at(at, &Meta::of(st), tally)?;
+    apply_meta_at(at, &Meta::of(st), host, tally)?;
     Ok(Action::Done)
 }
 
-fn copy_special(at: &At<'_>, st: &FileStat, tally: &mut Tally) -> Result<Action, StorageError> {
+fn copy_special(
+    at: &At<'_>,
+    st: &FileStat,
+    host: &Host,
+    tally: &mut Tally,
+) -> Result<Action, StorageError> {
     let kind = file_type(st);
     match mknodat(
         at.dst,
@@ -1239,7 +1316,7 @@ fn copy_special(at: &At<'_>, st: &FileStat, tally: &mut Tally) -> Result<Action,
     }
     tally.progress.entries += 1;
     let meta = Meta::of(st);
-    apply_meta_at(at, &meta, tally)?;
+    apply_meta_at(at, &meta, host, tally)?;
     // mknod's mode is masked by umask, so set it again (after chown, which may clear set-id
     // bits; chmod changes no times). glibc does AT_SYMLINK_NOFOLLOW with fchmodat2 or an
     // O_PATH descriptor through /proc; without either it refuses rather than follow.

@@ -35,8 +35,9 @@ impl DirStream {
         }
     }
 
-    /// The next entry's name (`.` and `..` included), `None` at the end.
-    pub(crate) fn next_name(&mut self) -> Option<Result<CString, Errno>> {
+    /// The next entry's name (`.` and `..` included) and its `d_type` (`libc::DT_*`,
+    /// `DT_UNKNOWN` where the file system does not say), `None` at the end.
+    pub(crate) fn next_entry(&mut self) -> Option<Result<(CString, u8), Errno>> {
         Errno::clear();
         // SAFETY: the stream is open; the returned entry is valid until the next call on
         // this stream, and its name is copied out before that.
@@ -48,7 +49,8 @@ impl DirStream {
                     _ => Some(Err(Errno::last())),
                 }
             } else {
-                Some(Ok(CStr::from_ptr((*entry).d_name.as_ptr()).to_owned()))
+                let name = CStr::from_ptr((*entry).d_name.as_ptr()).to_owned();
+                Some(Ok((name, (*entry).d_type)))
             }
         }
     }

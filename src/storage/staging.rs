@@ -347,8 +347,8 @@ pub(crate) fn list(
     let mut stream =
         DirStream::new(listing).map_err(|e| fs_error("opendir", STAGING_DIRECTORY, e))?;
     let mut found = Vec::new();
-    while let Some(entry) = stream.next_name() {
-        let raw = entry.map_err(|e| fs_error("readdir", STAGING_DIRECTORY, e))?;
+    while let Some(entry) = stream.next_entry() {
+        let (raw, _) = entry.map_err(|e| fs_error("readdir", STAGING_DIRECTORY, e))?;
         if raw.as_c_str() == c"." || raw.as_c_str() == c".." {
             continue;
         }
