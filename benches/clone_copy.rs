@@ -10,7 +10,7 @@
 //! `/proc/self/clear_refs`), and that the copy has as many entries and bytes as the source.
 //!
 //! ```sh
-//! cargo bench --bench clone_copy -- [--small-files 20000] [--large-files 4] [--large-mib 256] [--runs 3]
+//! cargo bench --bench clone_copy -- [--small-files 20000] [--large-files 4] [--large-mib 256] [--runs 3] [--tmpfs]
 //! ```
 
 use std::fs;
@@ -40,6 +40,11 @@ struct Args {
     /// Runs per tree and tool.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// Copy on a fresh tmpfs instead of the scratch directory's disk (the bench runs in
+    /// the sandbox's private mount namespace), to see each tool's own cost per file without
+    /// the disk file system's inode allocation.
+    #[arg(long)]
+    tmpfs: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -220,6 +225,16 @@ async fn run(args: Args) {
         .prefix("clone-bench")
         .tempdir_in(std::env::temp_dir())
         .unwrap();
+    if args.tmpfs {
+        nix::mount::mount(
+            Some("tmpfs"),
+            tmp.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700"),
+        )
+        .expect("mount a tmpfs (run under cargo bench, in the sandbox)");
+    }
     let base: PathBuf = tmp.path().join("root");
     fs::create_dir(&base).unwrap();
     let started = Instant::now();
@@ -242,6 +257,9 @@ async fn run(args: Args) {
         .unwrap();
     for tree in ["small", "large"] {
         let (entries, bytes) = tally(&base.join(tree));
+        if entries == 0 {
+            continue;
+        }
         println!(
             "\n{tree}: {entries} entries, {:.1} MiB",
             bytes as f64 / 1048576.0
@@ -250,6 +268,8 @@ async fn run(args: Args) {
             "run  tool      copy s    MB/s    files/s   CPU s  + sync s  peak RSS growth  slices"
         );
         let mb = bytes as f64 / 1e6;
+        let mut walls: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        let mut cpus: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for run in 0..args.runs {
             let cp_to = format!("cp-{tree}-{run}");
             let our_to = format!("ours-{tree}-{run}");
@@ -265,6 +285,9 @@ async fn run(args: Args) {
             }
             for (tool, t, extra) in rows {
                 let secs = t.copy.as_secs_f64();
+                let which = usize::from(tool == "ours");
+                walls[which].push(secs);
+                cpus[which].push(t.cpu.as_secs_f64());
                 let (growth, slices) = match extra {
                     Some((g, s)) => (format!("{g} KiB"), s.to_string()),
                     None => ("-".into(), "-".into()),
@@ -280,5 +303,21 @@ async fn run(args: Args) {
             fs::remove_dir_all(base.join(&cp_to)).unwrap();
             fs::remove_dir_all(base.join(&our_to)).unwrap();
         }
+        for (which, tool) in ["cp -a", "ours"].iter().enumerate() {
+            let (wall, cpu) = (median(&mut walls[which]), median(&mut cpus[which]));
+            println!(
+                "median {tool:<6} {wall:>7.2} s wall ({:.1} MB/s, {:.0} files/s), {cpu:.2} s CPU",
+                mb / wall,
+                entries as f64 / wall
+            );
+        }
     }
+    if args.tmpfs {
+        let _ = nix::mount::umount2(tmp.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
