@@ -16,7 +16,9 @@
 //! copy, of a single name from a listing, with `O_NOFOLLOW`; files are opened
 //! `O_RDONLY|O_NOFOLLOW|O_NONBLOCK|O_NOCTTY` and `fstat`-checked to be regular before any
 //! read, so a symlink swapped in is refused (`ELOOP`) and a FIFO swapped in never blocks;
-//! either is then copied as what it has become. Symlink targets are only ever read as text.
+//! either is then copied as what it has become. (A device node swapped in at that moment is
+//! opened and closed without being read; a root mounted `nodev` rules even that out.)
+//! Symlink targets are only ever read as text.
 //! Directories are entered by fd, never by path, and a mount point is not crossed. So
 //! whatever the source holds (symlinks to `/`, to `..`, to other volumes), nothing outside
 //! the source is read and nothing outside the staging copy is written.
