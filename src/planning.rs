@@ -24,6 +24,23 @@ pub const ARCHIVE_SUFFIX_ROOM: usize = 24;
 /// (see `crate::storage`); no volume or archive path may start with it.
 pub const JOURNAL_DIRECTORY: &str = ".nfs-provisioner-journal";
 
+/// Directory directly beneath the root reserved for copies being built for cloned claims
+/// (see `crate::storage::CloneStaging`); no volume or archive path may start with it, so a
+/// half-built copy is never taken for a volume.
+pub const STAGING_DIRECTORY: &str = ".nfs-provisioner-staging";
+
+/// First components no volume directory may have: the provisioner's own directories.
+const RESERVED_DIRECTORIES: [(&str, &str); 2] = [
+    (
+        JOURNAL_DIRECTORY,
+        "it is reserved for the provisioner's journal",
+    ),
+    (
+        STAGING_DIRECTORY,
+        "it is reserved for copies being built for cloned claims",
+    ),
+];
+
 /// The claim (and its PV name) a directory is planned for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VolumeRequest {
@@ -107,10 +124,11 @@ impl VolumeDirectory {
         components: impl IntoIterator<Item = &'a str>,
     ) -> Result<Self, PlanError> {
         let joined = components.into_iter().collect::<Vec<_>>().join("/");
-        if joined.split('/').next() == Some(JOURNAL_DIRECTORY) {
+        let first = joined.split('/').next();
+        if let Some((name, reason)) = RESERVED_DIRECTORIES.iter().find(|(n, _)| first == Some(*n)) {
             return Err(PlanError::InvalidComponent {
-                component: JOURNAL_DIRECTORY.into(),
-                reason: "it is reserved for the provisioner's journal",
+                component: (*name).into(),
+                reason,
             });
         }
         if joined.is_empty() {
@@ -473,6 +491,26 @@ mod tests {
             labels: [("app".to_string(), "web".to_string())].into(),
             annotations: [("team".to_string(), "blue".to_string())].into(),
         }
+    }
+
+    #[test]
+    fn the_staging_directory_is_never_a_volume_or_in_one_path() {
+        for reserved in [".nfs-provisioner-staging", ".nfs-provisioner-staging/uid"] {
+            let err = VolumeDirectory::parse(reserved).unwrap_err();
+            assert!(err.to_string().contains("cloned claims"), "{err}");
+        }
+        assert!(VolumeDirectory::parse("a/.nfs-provisioner-staging").is_ok());
+        let mut req = request();
+        req.annotations
+            .insert("path".into(), ".nfs-provisioner-staging".into());
+        let err = plan_directory(&class(Some("${.PVC.annotations.path}/x")), &req).unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        let export = ExportPath::new("/exports").unwrap();
+        assert!(
+            export
+                .directory_of("/exports/.nfs-provisioner-staging/abc")
+                .is_err()
+        );
     }
 
     #[test]

@@ -288,7 +288,7 @@ fn configure_new_directory(
 ///
 /// A symlink or non-directory in its place is refused (left untouched) so that an admin
 /// sees what happened; a different file system mounted there is refused too.
-fn open_volume(
+pub(crate) fn open_volume(
     root: BorrowedFd<'_>,
     root_dev: u64,
     dir: &VolumeDirectory,
@@ -576,6 +576,23 @@ pub(crate) fn exists(root: BorrowedFd<'_>, dir: &VolumeDirectory) -> Result<bool
             dir.as_str(),
             "the volume directory is not a directory",
         )),
+    }
+}
+
+/// Whether anything (of any type, not followed) exists at `dir`.
+pub(crate) fn entry_exists(
+    root: BorrowedFd<'_>,
+    dir: &VolumeDirectory,
+) -> Result<bool, StorageError> {
+    let parent_path = parent_rel(dir);
+    let parent = match open_dir(root, &parent_path, OFlag::O_PATH) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(false),
+        Err(e) => return Err(fs_error("open", &parent_path, e)),
+    };
+    match entry_at(parent.as_fd(), dir.name()).map_err(|e| fs_error("stat", dir.as_str(), e))? {
+        Entry::Missing => Ok(false),
+        Entry::Directory | Entry::Symlink | Entry::Other => Ok(true),
     }
 }
 

@@ -18,10 +18,17 @@
 //! made progress, and the async method starts the next one (see
 //! [`NfsRoot::delete_volume_dir`]). So the deadline still detects a server that stops
 //! answering, without failing work that is merely large.
+//!
+//! Cloning a claim copies the source volume directory into a staging directory beneath the
+//! root ([`NfsRoot::copy_volume_dir`], see [`copy`] and [`staging`]) in the same kind of
+//! slices, and only [`NfsRoot::finish_copy`] renames a complete copy into place.
 
 mod confined;
+mod copy;
+mod dir_stream;
 mod journal;
 mod removal;
+mod staging;
 mod usage;
 
 pub use usage::{UsageStep, VolumeUsage};
@@ -38,8 +45,11 @@ use nix::sys::stat::{Mode, SFlag, fstat};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 pub use tokio_util::sync::CancellationToken;
 
+pub use copy::{CopyNote, CopyNoteKind, CopyOutcome, CopyProgress, CopyStart, MAX_COPY_NOTES};
+pub use staging::{CloneStaging, FinishOutcome, StagedCopy};
+
 use crate::parameters::DirectoryPermissions;
-use crate::planning::{JOURNAL_DIRECTORY, VolumeDirectory};
+use crate::planning::{JOURNAL_DIRECTORY, STAGING_DIRECTORY, VolumeDirectory};
 
 /// Tuning for [`NfsRoot`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +130,10 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot put the cloned copy at {path:?}: something that is not an empty directory is already there; the copy stays staged"
+    )]
+    DestinationExists { path: String },
 }
 
 /// A uid/gid as chown(2) takes it: unset means "leave unchanged".
@@ -138,6 +152,7 @@ impl StorageError {
             StorageError::Io { .. } => "io",
             StorageError::ArchiveNameUnavailable { .. } => "archive_name_unavailable",
             StorageError::OwnerNotPermitted { .. } => "owner_not_permitted",
+            StorageError::DestinationExists { .. } => "destination_exists",
         }
     }
 
@@ -539,6 +554,140 @@ impl NfsRoot {
         self.run_at("journal list", JOURNAL_DIRECTORY, cancel, |inner, ctx| {
             journal::entries(inner.root.as_fd(), ctx)
         })
+        .await
+    }
+
+    /// Copies the volume directory `source` into the staging place of a cloned claim
+    /// (`.nfs-provisioner-staging/<claim-uid>`, see [`CloneStaging`]), ready for
+    /// [`NfsRoot::finish_copy`]. Nothing is visible at any volume path until then.
+    ///
+    /// What is copied and how it stays beneath the two directories: see the [`copy`] module
+    /// (files with their holes, directories, symlinks as symlinks, hard links inside the
+    /// source as links, FIFOs and device nodes re-created, sockets skipped with a note;
+    /// modes, owners, times). The copy's own directory gets the source directory's mode,
+    /// owner and times, like `cp -a source/. copy`.
+    ///
+    /// Runs in slices like [`NfsRoot::delete_volume_dir`], each a separate operation with
+    /// its own deadline, so a large tree never fails as "not responding" while the server
+    /// answers; memory is bounded (directories streamed, a bounded number open).
+    /// `progress` is called after every slice with the totals so far (from this task, not
+    /// the worker thread). Cancellation is honoured at every entry and every chunk of data.
+    ///
+    /// Resume semantics: within one call the slices continue each other. Across calls
+    /// (after an error, a cancellation, a restart) a copy starts over: an incomplete copy
+    /// left at the staging place is removed first ([`CopyStart::DiscardedPartial`]); a
+    /// complete one is kept and returned at once ([`CopyStart::AlreadyComplete`]); call
+    /// [`NfsRoot::discard_copy`] first to copy afresh. One copy per staging place at a
+    /// time. The source's size is not checked here (the caller compares it with the
+    /// claim's request beforehand).
+    pub async fn copy_volume_dir(
+        &self,
+        source: &VolumeDirectory,
+        staging: &CloneStaging,
+        progress: &(dyn Fn(&CopyProgress) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<CopyOutcome, StorageError> {
+        self.copy_with_limits(
+            source,
+            staging,
+            copy::CopyLimits::default(),
+            progress,
+            cancel,
+        )
+        .await
+    }
+
+    pub(crate) async fn copy_with_limits(
+        &self,
+        source: &VolumeDirectory,
+        staging: &CloneStaging,
+        limits: copy::CopyLimits,
+        progress: &(dyn Fn(&CopyProgress) + Send + Sync),
+        cancel: &CancellationToken,
+    ) -> Result<CopyOutcome, StorageError> {
+        let mut job = Box::new(copy::CopyJob::new(source.clone(), staging.clone(), limits));
+        loop {
+            // The job moves to the slice's worker thread and back; if the slice fails or is
+            // abandoned it is dropped there (its descriptors closed when the thread returns).
+            let (returned, step) = self
+                .run("copy", source, cancel, move |inner, ctx| {
+                    let step = job.slice(inner.root.as_fd(), inner.root_dev, ctx)?;
+                    Ok((job, step))
+                })
+                .await?;
+            job = returned;
+            progress(job.progress());
+            if let copy::Step::Done = step {
+                return Ok(job.into_outcome());
+            }
+        }
+    }
+
+    /// Renames the complete staged copy to `destination`, creating missing parents with
+    /// `parent_perms` (like [`NfsRoot::create_volume_dir`]). One atomic rename that never
+    /// replaces anything but an empty directory (what an interrupted rename leaves on file
+    /// systems without `RENAME_NOREPLACE`): anything else there is
+    /// [`StorageError::DestinationExists`] and the copy stays staged. Nothing staged (never
+    /// copied, already finished, discarded): [`FinishOutcome::NothingStaged`], nothing
+    /// changed. An incomplete copy is never moved.
+    pub async fn finish_copy(
+        &self,
+        staging: &CloneStaging,
+        destination: &VolumeDirectory,
+        parent_perms: &DirectoryPermissions,
+        cancel: &CancellationToken,
+    ) -> Result<FinishOutcome, StorageError> {
+        let (staging, destination2, parent_perms) =
+            (staging.clone(), destination.clone(), *parent_perms);
+        self.run("finish copy", destination, cancel, move |inner, ctx| {
+            staging::finish(
+                inner.root.as_fd(),
+                inner.root_dev,
+                &staging,
+                &destination2,
+                &parent_perms,
+                ctx,
+            )
+        })
+        .await
+    }
+
+    /// Removes a claim's staged copy, complete or not (streamed and sliced like
+    /// [`NfsRoot::delete_volume_dir`]). Nothing there: [`RemoveOutcome::AlreadyGone`]. A
+    /// symlink or file at the staging name is refused as unsafe and left in place.
+    pub async fn discard_copy(
+        &self,
+        staging: &CloneStaging,
+        cancel: &CancellationToken,
+    ) -> Result<RemoveOutcome, StorageError> {
+        let path = staging.to_string();
+        loop {
+            let staging2 = staging.clone();
+            let step = self
+                .run_at("discard copy", &path, cancel, move |inner, ctx| {
+                    staging::discard(inner.root.as_fd(), inner.root_dev, &staging2, ctx)
+                })
+                .await?;
+            match step {
+                Some(true) => return Ok(RemoveOutcome::Removed),
+                Some(false) => return Ok(RemoveOutcome::AlreadyGone),
+                None => tracing::debug!(staging = %staging, "discarding a large staged copy"),
+            }
+        }
+    }
+
+    /// Every staged copy beneath the root (complete or not), sorted, for orphan cleanup:
+    /// a copy whose claim is gone can be discarded. Unknown names are skipped (logged).
+    pub async fn staged_copies(
+        &self,
+        cancel: &CancellationToken,
+    ) -> Result<Vec<StagedCopy>, StorageError> {
+        self.run_at(
+            "list staged copies",
+            STAGING_DIRECTORY,
+            cancel,
+            |inner, ctx| staging::list(inner.root.as_fd(), inner.root_dev, ctx),
+        )
         .await
     }
 
