@@ -10,22 +10,17 @@
 
 mod common;
 
-use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::symlink;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::World;
+use common::{World, count_from_env, create_files, status_kib};
 use nfs_provisioner::planning::VolumeDirectory;
 use nfs_provisioner::storage::{
     CancellationToken, NfsRoot, RemoveOutcome, StorageError, StorageOptions,
 };
-use nix::fcntl::{OFlag, open};
-use nix::sys::stat::{Mode, SFlag, mknodat};
 
 const DEFAULT_ENTRIES: u64 = 1_000_000;
 /// Peak memory growth allowed during the delete. Listing a million names into memory, as
@@ -39,51 +34,6 @@ const MAX_CALLS: u32 = 20;
 const SUBDIRS: u64 = 8;
 const FILES_PER_SUBDIR: u64 = 1000;
 
-fn entries_wanted() -> u64 {
-    std::env::var("NFS_PROVISIONER_HUGE_DELETE_ENTRIES")
-        .ok()
-        .map(|v| {
-            v.parse()
-                .expect("NFS_PROVISIONER_HUGE_DELETE_ENTRIES is a number")
-        })
-        .unwrap_or(DEFAULT_ENTRIES)
-}
-
-fn open_dir(path: &Path) -> OwnedFd {
-    open(
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .unwrap()
-}
-
-/// Creates `count` empty files `<prefix><n>` in `dir`, one mknodat each (fast).
-fn create_files(dir: &Path, prefix: &str, count: u64) {
-    let fd = open_dir(dir);
-    for n in 0..count {
-        let name = CString::new(format!("{prefix}{n}")).unwrap();
-        mknodat(
-            fd.as_fd(),
-            name.as_c_str(),
-            SFlag::S_IFREG,
-            Mode::from_bits_truncate(0o644),
-            0,
-        )
-        .unwrap();
-    }
-}
-
-/// `(name, KiB)` lines of /proc/self/status.
-fn status_kib(field: &str) -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn million_entry_delete_finishes_in_slices_with_bounded_memory() {
     // NFS_PROVISIONER_HUGE_DELETE_SCRATCH=1 runs on the scratch file system instead.
@@ -92,7 +42,7 @@ async fn million_entry_delete_finishes_in_slices_with_bounded_memory() {
     } else {
         World::new_on_tmpfs()
     };
-    let wanted = entries_wanted();
+    let wanted = count_from_env("NFS_PROVISIONER_HUGE_DELETE_ENTRIES", DEFAULT_ENTRIES);
     // A neighbour volume in the same template parent, and a link out of the volume.
     fs::create_dir_all(world.in_root("ns/neighbour")).unwrap();
     fs::write(world.in_root("ns/neighbour/data"), b"neighbour").unwrap();

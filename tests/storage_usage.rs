@@ -16,23 +16,19 @@
 mod common;
 
 use std::collections::HashSet;
-use std::ffi::CString;
 use std::fs;
-use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use common::World;
+use common::{World, count_from_env, create_files, status_kib};
 use nfs_provisioner::parameters::DirectoryPermissions;
 use nfs_provisioner::planning::VolumeDirectory;
 use nfs_provisioner::storage::{
     CancellationToken, NfsRoot, StorageError, StorageOptions, UsageScan, UsageStep, VolumeUsage,
 };
-use nix::fcntl::{OFlag, open};
-use nix::sys::stat::{Mode, SFlag, mknodat};
 
 const DEFAULT_ENTRIES: u64 = 1_000_000;
 /// Entries per slice.
@@ -40,42 +36,6 @@ const BUDGET: u64 = 10_000;
 /// Peak memory growth allowed during the scan: a few directory buffers, the path held open,
 /// and the set of hard-linked inodes, whatever the number of entries.
 const MAX_PEAK_GROWTH_KIB: u64 = 16 * 1024;
-
-fn entries_wanted() -> u64 {
-    std::env::var("NFS_PROVISIONER_USAGE_ENTRIES")
-        .ok()
-        .map(|v| {
-            v.parse()
-                .expect("NFS_PROVISIONER_USAGE_ENTRIES is a number")
-        })
-        .unwrap_or(DEFAULT_ENTRIES)
-}
-
-fn open_dir(path: &Path) -> OwnedFd {
-    open(
-        path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .unwrap()
-}
-
-/// Creates `count` empty files `<prefix><n>` in `dir`, one mknodat each (fast).
-fn create_files(dir: &Path, prefix: &str, count: u64) {
-    fs::create_dir_all(dir).unwrap();
-    let fd = open_dir(dir);
-    for n in 0..count {
-        let name = CString::new(format!("{prefix}{n}")).unwrap();
-        mknodat(
-            fd.as_fd(),
-            name.as_c_str(),
-            SFlag::S_IFREG,
-            Mode::from_bits_truncate(0o644),
-            0,
-        )
-        .unwrap();
-    }
-}
 
 /// A volume with every kind of entry the scanner must count right; about `wanted` entries.
 /// Returns the number of names created beneath `vol`.
@@ -163,15 +123,6 @@ fn independent_walk(vol: &Path) -> (VolumeUsage, u64) {
     (usage, names)
 }
 
-fn status_kib(field: &str) -> u64 {
-    let status = fs::read_to_string("/proc/self/status").unwrap();
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// User + system CPU time of the process so far.
 fn cpu_seconds() -> f64 {
     // SAFETY: getrusage only writes the struct it is given.
@@ -229,7 +180,7 @@ async fn measure(root: &NfsRoot, scan: &UsageScan, budget: u64) -> (VolumeUsage,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_million_entries_are_measured_in_bounded_slices_and_match_an_independent_walk() {
     let world = World::new_on_tmpfs();
-    let wanted = entries_wanted();
+    let wanted = count_from_env("NFS_PROVISIONER_USAGE_ENTRIES", DEFAULT_ENTRIES);
     fs::create_dir_all(world.in_root("ns/neighbour")).unwrap();
     fs::write(world.in_root("ns/neighbour/data"), vec![9u8; 100_000]).unwrap();
     let vol = world.in_root("ns/big");

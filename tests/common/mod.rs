@@ -192,3 +192,51 @@ impl Snapshot {
         self.assert_only_volume_changed(after, None);
     }
 }
+
+/// A count from environment variable `var` (for a bigger or smaller run by hand), or `default`.
+pub fn count_from_env(var: &str, default: u64) -> u64 {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.parse().unwrap_or_else(|_| panic!("{var} is a number")))
+        .unwrap_or(default)
+}
+
+/// A directory opened for `*at` calls.
+pub fn open_dir(path: &Path) -> std::os::fd::OwnedFd {
+    use nix::fcntl::{OFlag, open};
+    open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap()
+}
+
+/// Creates `dir` and `count` empty files `<prefix><n>` in it, one mknodat each (fast).
+pub fn create_files(dir: &Path, prefix: &str, count: u64) {
+    use nix::sys::stat::{Mode, SFlag, mknodat};
+    use std::os::fd::AsFd;
+    fs::create_dir_all(dir).unwrap();
+    let fd = open_dir(dir);
+    for n in 0..count {
+        let name = std::ffi::CString::new(format!("{prefix}{n}")).unwrap();
+        mknodat(
+            fd.as_fd(),
+            name.as_c_str(),
+            SFlag::S_IFREG,
+            Mode::from_bits_truncate(0o644),
+            0,
+        )
+        .unwrap();
+    }
+}
+
+/// A `KiB` field of /proc/self/status (`VmHWM:`, `VmRSS:`).
+pub fn status_kib(field: &str) -> u64 {
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
