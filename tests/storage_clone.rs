@@ -19,10 +19,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::World;
+use common::{Gate, World};
 use nfs_provisioner::parameters::DirectoryPermissions;
 use nfs_provisioner::planning::VolumeDirectory;
 use nfs_provisioner::storage::{
@@ -940,30 +940,6 @@ async fn a_copy_interrupted_midway_is_never_bound_and_the_next_one_starts_over()
         &snapshot(&world),
         &["root/clone", "root/.nfs-provisioner-staging"],
     );
-}
-
-/// Blocks every hook call matching until `open()`, like a system call hung in the kernel.
-#[derive(Clone)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn new() -> Gate {
-        Gate(Arc::new((Mutex::new(false), Condvar::new())))
-    }
-
-    fn wait(&self) {
-        let (lock, cvar) = &*self.0;
-        let mut open = lock.lock().unwrap();
-        while !*open {
-            open = cvar.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (lock, cvar) = &*self.0;
-        *lock.lock().unwrap() = true;
-        cvar.notify_all();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,39 +10,15 @@ mod common;
 
 use std::fs;
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::World;
+use common::{Gate, World};
 use nfs_provisioner::parameters::DirectoryPermissions;
 use nfs_provisioner::planning::VolumeDirectory;
 use nfs_provisioner::storage::{
     CancellationToken, CreateOutcome, NfsRoot, RemoveOutcome, StorageError, StorageOptions,
 };
-
-/// Blocks every hook call matching `matches` until `open()`.
-#[derive(Clone)]
-struct Gate(Arc<(Mutex<bool>, Condvar)>);
-
-impl Gate {
-    fn new() -> Gate {
-        Gate(Arc::new((Mutex::new(false), Condvar::new())))
-    }
-
-    fn wait(&self) {
-        let (lock, cvar) = &*self.0;
-        let mut open = lock.lock().unwrap();
-        while !*open {
-            open = cvar.wait(open).unwrap();
-        }
-    }
-
-    fn open(&self) {
-        let (lock, cvar) = &*self.0;
-        *lock.lock().unwrap() = true;
-        cvar.notify_all();
-    }
-}
 
 async fn stalling_root(
     world: &World,

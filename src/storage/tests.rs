@@ -9,7 +9,7 @@ use super::*;
 use crate::planning::VolumeDirectory;
 
 /// Refuses to touch the file system outside the sandboxed test runner.
-fn require_sandbox() {
+pub(crate) fn require_sandbox() {
     assert_eq!(
         std::env::var("NFS_PROVISIONER_SANDBOXED").as_deref(),
         Ok("1"),
@@ -17,7 +17,8 @@ fn require_sandbox() {
     );
 }
 
-fn temp_root() -> tempfile::TempDir {
+/// A temporary directory standing in for the NFS root (in the sandbox only).
+pub(crate) fn temp_root() -> tempfile::TempDir {
     require_sandbox();
     tempfile::Builder::new()
         .prefix("storage-unit")

@@ -240,3 +240,31 @@ pub fn status_kib(field: &str) -> u64 {
         .unwrap_or_else(|| panic!("{field} in /proc/self/status"));
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// Blocks every fault-hook call that waits on it until `open()`, like a system call hung in
+/// the kernel.
+#[derive(Clone)]
+pub struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(std::sync::Arc::new((
+            std::sync::Mutex::new(false),
+            std::sync::Condvar::new(),
+        )))
+    }
+
+    pub fn wait(&self) {
+        let (lock, cvar) = &*self.0;
+        let mut open = lock.lock().unwrap();
+        while !*open {
+            open = cvar.wait(open).unwrap();
+        }
+    }
+
+    pub fn open(&self) {
+        let (lock, cvar) = &*self.0;
+        *lock.lock().unwrap() = true;
+        cvar.notify_all();
+    }
+}

@@ -13,21 +13,7 @@ use nix::sys::stat::{Mode, fstat};
 
 use super::*;
 
-fn require_sandbox() {
-    assert_eq!(
-        std::env::var("NFS_PROVISIONER_SANDBOXED").as_deref(),
-        Ok("1"),
-        "file-system tests must run under scripts/sandbox-run (cargo test does this)"
-    );
-}
-
-fn temp_root() -> tempfile::TempDir {
-    require_sandbox();
-    tempfile::Builder::new()
-        .prefix("copy-unit")
-        .tempdir_in(std::env::temp_dir())
-        .unwrap()
-}
+use crate::storage::tests::temp_root;
 
 fn open_root(path: &Path) -> (OwnedFd, u64) {
     let fd = open(
