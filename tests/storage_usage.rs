@@ -422,3 +422,40 @@ async fn a_symlink_in_place_of_the_volume_is_refused_and_mounts_are_not_entered(
         eprintln!("could not mount a tmpfs here: mount point case not checked");
     }
 }
+
+/// A tree nested deeper than the scanner measures (a claim's author decides the depth): the
+/// scan still finishes, says it skipped what lies below, and a tree within the depth is
+/// measured exactly, through the deferred subtrees beyond the open-directory bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_nested_deeper_than_measured_finishes_and_says_so() {
+    let world = World::new();
+    let root = NfsRoot::open(&world.root, StorageOptions::default())
+        .await
+        .unwrap();
+    // Each level holds a file `f` and the next level `d`.
+    let build = |vol: &str, levels: usize| {
+        let mut dir = world.in_root(vol);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("f"), b"x").unwrap();
+        for _ in 0..levels {
+            dir = dir.join("d");
+            fs::create_dir(&dir).unwrap();
+            fs::write(dir.join("f"), b"x").unwrap();
+        }
+    };
+    build("within", 200);
+    let scan = UsageScan::new(VolumeDirectory::parse("within").unwrap());
+    let (usage, _) = measure(&root, &scan, 1000).await;
+    assert_eq!(usage.skipped, 0, "{usage:?}");
+    assert_eq!(
+        usage.inodes,
+        2 * 200 + 2,
+        "the volume, 200 levels, 201 files"
+    );
+
+    build("beyond", 2000);
+    let scan = UsageScan::new(VolumeDirectory::parse("beyond").unwrap());
+    let (usage, _) = measure(&root, &scan, 1000).await;
+    assert!(usage.skipped > 0, "{usage:?}");
+    assert!(usage.inodes < 2 * 2000 + 2, "{usage:?}");
+}

@@ -223,6 +223,24 @@ impl OpContext {
     }
 }
 
+/// Holds state with open descriptors on the NFS root (a copy between its slices). Dropped
+/// anywhere but a worker thread, it closes them on a thread of its own: closing a file
+/// written on NFS flushes its data and can hang like any other call on a dead server, and it
+/// must never block the async runtime.
+struct DroppedOffRuntime<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> Drop for DroppedOffRuntime<T> {
+    fn drop(&mut self) {
+        if let Some(held) = self.0.take() {
+            // If no thread can be started, `held` goes back with the error and is dropped
+            // here: there is nowhere else to close it.
+            let _ = std::thread::Builder::new()
+                .name("nfs-close".into())
+                .spawn(move || drop(held));
+        }
+    }
+}
+
 struct Inner {
     root: OwnedFd,
     root_dev: u64,
@@ -605,20 +623,29 @@ impl NfsRoot {
         progress: &(dyn Fn(&CopyProgress) + Send + Sync),
         cancel: &CancellationToken,
     ) -> Result<CopyOutcome, StorageError> {
-        let mut job = Box::new(copy::CopyJob::new(source.clone(), staging.clone(), limits));
+        let mut job = DroppedOffRuntime(Some(Box::new(copy::CopyJob::new(
+            source.clone(),
+            staging.clone(),
+            limits,
+        ))));
         loop {
             // The job moves to the slice's worker thread and back; if the slice fails or is
             // abandoned it is dropped there (its descriptors closed when the thread returns).
+            // If the caller gives up before the slice starts (cancelled, no permit), the
+            // closure is dropped here instead, and the wrapper closes the job on a thread.
             let (returned, step) = self
                 .run("copy", source, cancel, move |inner, ctx| {
+                    let mut job = job.0.take().expect("a copy job between slices");
                     let step = job.slice(inner.root.as_fd(), inner.root_dev, ctx)?;
                     Ok((job, step))
                 })
                 .await?;
-            job = returned;
-            progress(job.progress());
+            job = DroppedOffRuntime(Some(returned));
+            let returned = job.0.as_ref().expect("just returned");
+            progress(returned.progress());
             if let copy::Step::Done = step {
-                return Ok(job.into_outcome());
+                let done = job.0.take().expect("just returned");
+                return Ok(done.into_outcome());
             }
         }
     }

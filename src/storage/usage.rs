@@ -36,6 +36,11 @@ use crate::planning::VolumeDirectory;
 
 /// Subdirectories deeper than [`MAX_OPEN_DEPTH`] waiting to be walked; more are skipped.
 pub(crate) const MAX_DEFERRED: usize = 1024;
+/// Deepest level measured below the volume directory; deeper subtrees are skipped. Bounds
+/// the names a queued subdirectory holds (so [`MAX_DEFERRED`] bounds memory) and the opens
+/// that re-check the held path at the start of every slice, whatever a claim's author
+/// nests.
+pub(crate) const MAX_TOTAL_DEPTH: usize = 8 * MAX_OPEN_DEPTH;
 /// Hard-linked files remembered so that each is counted once.
 pub(crate) const MAX_LINKS_REMEMBERED: usize = 100_000;
 
@@ -109,7 +114,9 @@ pub(crate) struct ScanState {
     /// directory itself; otherwise a queued deep subdirectory).
     base: Vec<CString>,
     stack: Vec<Frame>,
-    deferred: Vec<Vec<CString>>,
+    /// Queued deep subdirectories: names below the volume directory, and the device and
+    /// inode seen when queued (a different directory found there later is not walked).
+    deferred: Vec<(Vec<CString>, u64, u64)>,
     links: HashSet<(u64, u64)>,
 }
 
@@ -206,7 +213,7 @@ pub(crate) fn scan_slice(
         }
         ctx.check()?;
         let Some(frame) = state.stack.last_mut() else {
-            if !start_deferred(root, path, state)? {
+            if !start_deferred(root, root_dev, path, state)? {
                 let usage = state.totals;
                 state.reset();
                 return Ok(UsageStep::Finished {
@@ -284,10 +291,11 @@ fn recheck_path(
 /// Starts walking the next queued deep subdirectory; false when none is left.
 fn start_deferred(
     root: BorrowedFd<'_>,
+    root_dev: u64,
     path: &str,
     state: &mut ScanState,
 ) -> Result<bool, StorageError> {
-    while let Some(names) = state.deferred.pop() {
+    while let Some((names, dev, ino)) = state.deferred.pop() {
         let volume = open_dir(root, path, OFlag::O_PATH).map_err(|e| fs_error("open", path, e))?;
         let (parent_names, last) = names.split_at(names.len() - 1);
         let opened = walk_names(volume.as_fd(), parent_names)
@@ -302,6 +310,12 @@ fn start_deferred(
             Err(e) => return Err(fs_error("open", path, e)),
         };
         let st = fstat(&fd).map_err(|e| fs_error("stat", path, e))?;
+        if st.st_dev != root_dev || st.st_dev != dev || st.st_ino != ino {
+            // A mount point now, or another directory moved in under that name: not this
+            // walk's to enter.
+            state.totals.skipped += 1;
+            continue;
+        }
         state.stack.push(Frame {
             name: CString::default(),
             dev: st.st_dev,
@@ -325,6 +339,12 @@ fn count_entry(
     let st = match fstatat(frame.fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
         Ok(st) => st,
         Err(Errno::ENOENT) => return Ok(()),
+        // Not searchable by this process (a 0744 directory under root_squash) or a stale
+        // handle: counted as skipped, so one such entry never keeps a volume unmeasured.
+        Err(Errno::EACCES | Errno::EPERM | Errno::ESTALE) => {
+            state.totals.skipped += 1;
+            return Ok(());
+        }
         Err(e) => return Err(fs_error("stat", &join(path, name), e)),
     };
     if st.st_dev != root_dev {
@@ -348,12 +368,16 @@ fn count_entry(
         return Ok(());
     }
     state.totals.add(&st);
+    if state.base.len() + state.stack.len() >= MAX_TOTAL_DEPTH {
+        state.totals.skipped += 1;
+        return Ok(());
+    }
     if state.stack.len() >= MAX_OPEN_DEPTH {
         if state.deferred.len() < MAX_DEFERRED {
             let mut names = state.base.clone();
             names.extend(state.stack.iter().skip(1).map(|f| f.name.clone()));
             names.push(name.to_owned());
-            state.deferred.push(names);
+            state.deferred.push((names, st.st_dev, st.st_ino));
         } else {
             state.totals.skipped += 1;
         }
