@@ -648,7 +648,7 @@ impl Walk {
             }
             let depth = self.stack.len() - 1;
             if self.stack[depth].streams.is_none() {
-                self.reopen(depth)?;
+                self.reopen(depth, ctx)?;
             }
             let next = match &mut self.stack[depth].streams {
                 Some(streams) => streams.src.next_entry(),
@@ -834,7 +834,7 @@ impl Walk {
     /// it, up to [`CopyLimits::open_levels`] of them, by name from the top (one walk down
     /// for the whole batch, so climbing out of a deep tree costs depth / open_levels walks,
     /// not one per level). Each reopened directory must be the one copied before.
-    fn reopen(&mut self, depth: usize) -> Result<(), StorageError> {
+    fn reopen(&mut self, depth: usize, ctx: &OpContext) -> Result<(), StorageError> {
         let shown = self.shown_dir();
         let changed = || StorageError::Io {
             op: "reopen",
@@ -847,6 +847,9 @@ impl Walk {
         let mut src = reopen_here(self.src_top.as_fd()).map_err(|e| fs_error("open", &shown, e))?;
         let mut dst = reopen_here(self.dst_top.as_fd()).map_err(|e| fs_error("open", &shown, e))?;
         for index in 0..=depth {
+            // Up to two opens per level of a tree up to the depth limit: stop as soon as the
+            // caller gave up.
+            ctx.check()?;
             if index > 0 {
                 let name = &self.stack[index].name;
                 src = open_subdir(src.as_fd(), name).map_err(|_| changed())?;
