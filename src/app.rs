@@ -176,6 +176,8 @@ pub async fn run_observed(
             retry_base_delay: settings.retry_base_delay,
             retry_max_delay: settings.retry_max_delay,
             usage: settings.usage.clone(),
+            max_concurrent_clones: settings.max_concurrent_clones,
+            clone_progress_interval: settings.clone_progress_interval,
         },
     );
 

@@ -154,6 +154,16 @@ pub struct Cli {
     #[arg(long, env = "USAGE_RESCAN_PERIOD", default_value = "5m", value_parser = parse_duration)]
     pub usage_rescan_period: Duration,
 
+    /// Clones (claims with a PersistentVolumeClaim data source) copied at once; more wait
+    /// for a free slot, and other claims are provisioned meanwhile.
+    #[arg(long, env = "MAX_CONCURRENT_CLONES", default_value_t = 2)]
+    pub max_concurrent_clones: usize,
+
+    /// A running clone copy reports its progress (bytes and entries) in a Normal event on
+    /// its claim at most this often.
+    #[arg(long, env = "CLONE_PROGRESS_INTERVAL", default_value = "1m", value_parser = parse_duration)]
+    pub clone_progress_interval: Duration,
+
     /// Log format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -190,6 +200,8 @@ pub struct Settings {
     pub fs_timeout: Duration,
     pub nfs_probe_interval: Duration,
     pub max_stuck_fs_ops: usize,
+    pub max_concurrent_clones: usize,
+    pub clone_progress_interval: Duration,
     pub default_permissions: DirectoryPermissions,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
@@ -252,6 +264,12 @@ impl Cli {
         if self.kube_api_burst == 0 {
             return Err(bad(
                 "KUBE_API_BURST (--kube-api-burst)",
+                "must be at least 1",
+            ));
+        }
+        if self.max_concurrent_clones == 0 {
+            return Err(bad(
+                "MAX_CONCURRENT_CLONES (--max-concurrent-clones)",
                 "must be at least 1",
             ));
         }
@@ -357,6 +375,8 @@ impl Cli {
             fs_timeout: self.fs_timeout,
             nfs_probe_interval: self.nfs_probe_interval,
             max_stuck_fs_ops: self.max_stuck_fs_ops,
+            max_concurrent_clones: self.max_concurrent_clones,
+            clone_progress_interval: self.clone_progress_interval,
             default_permissions: DirectoryPermissions {
                 mode: self.default_directory_mode,
                 uid: self.default_directory_uid,

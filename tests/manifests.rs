@@ -45,6 +45,7 @@ const CLUSTER_PERMISSIONS: &[(&str, &str, &str)] = &[
     ("", "persistentvolumes", "patch"),
     ("", "persistentvolumeclaims", "list"),
     ("", "persistentvolumeclaims", "watch"),
+    ("", "persistentvolumeclaims", "patch"),
     ("", "persistentvolumeclaims/status", "patch"),
     ("storage.k8s.io", "storageclasses", "list"),
     ("storage.k8s.io", "storageclasses", "watch"),

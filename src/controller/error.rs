@@ -11,6 +11,12 @@ pub enum Error {
         "a PV named {0} already exists and is not known as this provisioner's: if an earlier attempt just created it, the next attempt finds it; otherwise another driver owns that name and it is left alone"
     )]
     VolumeNameTaken(String),
+    #[error("{0}")]
+    CloneRefused(#[from] super::clone::CloneRefusal),
+    #[error(
+        "the protection of clone source {0} kept changing under this provisioner's writes; trying again"
+    )]
+    ProtectionConflict(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("work stopped: leadership lost or shutting down")]
@@ -22,6 +28,8 @@ impl Error {
         match self {
             Error::Volume(e) => e.label(),
             Error::VolumeNameTaken(_) => "volume_name_taken",
+            Error::CloneRefused(r) => r.label(),
+            Error::ProtectionConflict(_) => "kube_conflict",
             Error::Kube(_) => "kube_api",
             Error::Stopped => "stopped",
         }

@@ -29,6 +29,13 @@ pub const REASON_RESIZING: &str = "Resizing";
 pub const REASON_RESIZE_SUCCEEDED: &str = "VolumeResizeSuccessful";
 pub const REASON_RESIZE_FAILED: &str = "VolumeResizeFailed";
 
+/// Cloning: waiting for a copy slot, the copy started, how far it got (at most once a
+/// minute), and what the copy could not keep (a Warning).
+pub const REASON_CLONE_WAITING: &str = "CloneWaiting";
+pub const REASON_CLONE_STARTED: &str = "CloneStarted";
+pub const REASON_CLONE_PROGRESS: &str = "CloneProgress";
+pub const REASON_CLONE_DIFFERENCES: &str = "CloneDifferences";
+
 /// Namespace of Events about cluster-scoped objects (PVs). v1.19 accepts such an Event only in
 /// `kube-system` (422 "involvedObject.namespace: does not match event.namespace" in `default`),
 /// v1.33 in `default` or `kube-system`; `kubectl describe pv` finds it in either.

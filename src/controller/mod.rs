@@ -13,6 +13,7 @@
 //! token: losing the lease cancels it, which abandons in-flight API calls and stops file
 //! system work at the next system call.
 
+pub mod clone;
 mod directory_index;
 mod error;
 mod events;
@@ -75,8 +76,13 @@ pub struct Context {
     pub directories: Arc<DirectoryIndex>,
     pub events: EventPublisher,
     pub metrics: Metrics,
-    /// Background writes (events) the controller waits for before it stops.
+    /// Background writes (events) and clone copies; the controller waits for them before it
+    /// stops.
     pub tasks: TaskTracker,
+    /// The work queue (a clone's copy queues its claim again when it ends).
+    pub queue: Arc<WorkQueue<WorkItem>>,
+    /// Clone copies running in the background.
+    pub clones: clone::CloneJobs,
 }
 
 impl Context {
@@ -100,6 +106,10 @@ pub struct ControllerSettings {
     pub retry_max_delay: Duration,
     /// Budget and pace of usage measurement.
     pub usage: UsageSettings,
+    /// Clone copies at once.
+    pub max_concurrent_clones: usize,
+    /// At most one progress event per clone this often.
+    pub clone_progress_interval: Duration,
 }
 
 /// How often the `claims_waiting` gauge is updated.
@@ -141,6 +151,11 @@ impl Controller {
             events,
             metrics,
             tasks,
+            queue: queue.clone(),
+            clones: clone::CloneJobs::new(
+                settings.max_concurrent_clones,
+                settings.clone_progress_interval,
+            ),
         });
 
         let (synced_tx, synced) = watch::channel(false);
@@ -261,6 +276,8 @@ impl Controller {
                 term.cancel();
                 term_tasks.wait().await;
             }
+            // Clone copies run beyond the workers: stop them (the next leader copies again).
+            term.cancel();
             break 'terms;
         }
         metrics.leader.set(0);
@@ -281,6 +298,8 @@ async fn resync(
 ) {
     loop {
         orphans::sweep(&ctx, &term).await;
+        clone::sweep_staged(&ctx, &term).await;
+        clone::protection::sweep(&ctx).await;
         tokio::select! {
             _ = stop_taking.cancelled() => return,
             _ = tokio::time::sleep(every) => enqueue_all(&ctx, &queue),

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
 use super::events::{REASON_PROVISIONING_FAILED, REASON_PROVISIONING_SUCCEEDED};
-use super::{Context, Error, Result};
+use super::{Context, Error, Result, clone};
 use crate::objects::{Claim, Class};
 use crate::persistent_volume::pv_name_for;
 
@@ -22,6 +22,7 @@ pub async fn reconcile(
     term: &CancellationToken,
 ) -> Result<()> {
     let Some(claim) = ctx.claims.get(key) else {
+        clone::claim_gone(ctx, key, term).await;
         return Ok(());
     };
     let Some(class) = ctx.class_to_provision(&claim) else {
@@ -43,9 +44,11 @@ pub async fn reconcile(
         .instrument(span.clone())
         .await;
     match &outcome {
-        Ok(()) => ctx
-            .metrics
-            .provisioned(class.name(), "success", Some(started.elapsed())),
+        Ok(Provisioned::Done) => {
+            ctx.metrics
+                .provisioned(class.name(), "success", Some(started.elapsed()))
+        }
+        Ok(Provisioned::Copying) => {}
         Err(Error::Stopped) => {}
         Err(e) => {
             ctx.metrics.provisioned(class.name(), e.label(), None);
@@ -56,7 +59,14 @@ pub async fn reconcile(
                 .await;
         }
     }
-    outcome
+    outcome.map(|_| ())
+}
+
+/// How one attempt ended.
+enum Provisioned {
+    Done,
+    /// A clone's copy runs in the background; the claim comes back when it ends.
+    Copying,
 }
 
 async fn provision(
@@ -65,11 +75,24 @@ async fn provision(
     class: &Class,
     pv_name: &str,
     term: &CancellationToken,
-) -> Result<()> {
+) -> Result<Provisioned> {
     // No `Provisioning` Normal event before the work (the Go provisioner writes one): it
     // doubled the event writes per claim, and a claim's outcome is always reported, as
     // `ProvisioningSucceeded` or as a `ProvisioningFailed` Warning per failed attempt.
-    let volume = ctx.exports.provision(claim, class, pv_name, term).await?;
+    let source = match clone::source::requested(claim) {
+        None => None,
+        Some(source) => Some(source?),
+    };
+    let (volume, clone_summary) = match &source {
+        None => (
+            ctx.exports.provision(claim, class, pv_name, term).await?,
+            None,
+        ),
+        Some(source) => match clone::provision(ctx, claim, class, source, pv_name, term).await? {
+            clone::Step::Copying => return Ok(Provisioned::Copying),
+            clone::Step::Ready { volume, summary } => (*volume, summary),
+        },
+    };
     let api: Api<PersistentVolume> = Api::all(ctx.client.clone());
     match api.create(&PostParams::default(), &volume.pv).await {
         Ok(_) => {}
@@ -88,15 +111,21 @@ async fn provision(
     let path = volume.directory.clone();
     volume.created(term).await?;
     info!(directory = %path, "provisioned volume");
+    if let Some(source) = &source {
+        clone::released(ctx, claim, source).await;
+    }
     // Written in the background: the worker moves on to the next claim instead of waiting
     // for a write that only people read.
     let events = ctx.events.clone();
     let claim = claim.clone();
-    let note = format!("Successfully provisioned volume {pv_name}");
+    let note = match clone_summary {
+        Some(summary) => format!("Successfully provisioned volume {pv_name}: {summary}"),
+        None => format!("Successfully provisioned volume {pv_name}"),
+    };
     ctx.tasks.spawn(async move {
         events
             .success_on_claim(&claim, REASON_PROVISIONING_SUCCEEDED, note)
             .await
     });
-    Ok(())
+    Ok(Provisioned::Done)
 }

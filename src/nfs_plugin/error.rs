@@ -18,6 +18,25 @@ pub enum VolumeError {
         "{0} is not supported: this provisioner cannot populate a volume from another volume or snapshot"
     )]
     DataSource(String),
+    #[error(
+        "the clone's directory {destination} {relation} the source volume's directory {source_dir}: a clone must not overlap its source; change the class's pathPattern or the claim's annotations"
+    )]
+    CloneOverlapsSource {
+        destination: String,
+        source_dir: String,
+        /// "is", "lies inside" or "contains".
+        relation: &'static str,
+    },
+    #[error(
+        "directory {0} already exists: a clone is copied into a new directory only, and existing data is left alone; remove or rename that directory, or change the class's pathPattern"
+    )]
+    CloneDestinationExists(String),
+    #[error(
+        "the clone's directory {0} is no longer recorded for this claim (another attempt gave it up); starting over"
+    )]
+    CloneNotJournaled(String),
+    #[error("no complete copy is staged at {0}; copying again")]
+    CloneNotStaged(String),
     #[error("spec.resources.requests.storage is missing")]
     NoStorageRequest,
     #[error("StorageClass {class} has invalid parameters: {source}")]
@@ -62,6 +81,9 @@ impl VolumeError {
             VolumeError::BlockVolumeMode => "block_volume_mode",
             VolumeError::Selector => "selector",
             VolumeError::DataSource(_) => "data_source",
+            VolumeError::CloneOverlapsSource { .. } => "clone_overlaps_source",
+            VolumeError::CloneDestinationExists(_) => "clone_destination_exists",
+            VolumeError::CloneNotJournaled(_) | VolumeError::CloneNotStaged(_) => "clone_restarted",
             VolumeError::NoStorageRequest => "no_storage_request",
             VolumeError::InvalidParameters { .. } => "invalid_parameters",
             VolumeError::InvalidClaimAnnotation(_) => "invalid_claim_annotation",

@@ -56,6 +56,11 @@ impl Exports {
         Err(first_error.unwrap_or(VolumeError::NotNfs))
     }
 
+    /// The export a class provisions on (its `export` parameter).
+    pub fn provision_export(&self, class: &Class) -> Result<&NfsPlugin, VolumeError> {
+        self.named(super::parameters_of(class)?.export.as_deref())
+    }
+
     /// Provisions `claim` on the export its class names (see [`NfsPlugin::provision`]).
     pub async fn provision(
         &self,
@@ -64,8 +69,7 @@ impl Exports {
         pv_name: &str,
         term: &CancellationToken,
     ) -> Result<ProvisionedVolume, VolumeError> {
-        let parameters = super::parameters_of(class)?;
-        self.named(parameters.export.as_deref())?
+        self.provision_export(class)?
             .provision(claim, class, pv_name, term)
             .await
     }

@@ -9,6 +9,7 @@
 //! queue stay in [`crate::controller`], which hands this plugin what it knows of the cluster
 //! (the claim, its class, a view of the other PVs).
 
+mod clone;
 pub mod delete_policy;
 pub mod directory_locks;
 mod error;
@@ -19,6 +20,7 @@ mod reclaim;
 
 use std::sync::Arc;
 
+pub use clone::CloneTarget;
 pub use directory_locks::{DirectoryGuard, DirectoryLocks};
 pub use error::{LookupError, VolumeError};
 pub use exports::Exports;

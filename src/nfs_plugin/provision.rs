@@ -6,8 +6,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use super::{DirectoryGuard, NfsPlugin, VolumeError};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
 use crate::objects::{Claim, Class};
-use crate::parameters::DirectoryPermissions;
+use crate::parameters::{ClassParameters, DirectoryPermissions};
 use crate::persistent_volume::{VolumeSpec, directory_tree_label, requested_storage};
 use crate::planning::{VolumeDirectory, VolumeRequest, plan_directory};
 use crate::storage::{CreateOutcome, NfsRoot};
@@ -34,15 +36,14 @@ impl ProvisionedVolume {
     }
 }
 
-/// Claims this provisioner refuses whatever the class says, and why.
+/// Claims this provisioner refuses whatever the class says, and why. A claim with a data
+/// source is refused here too: [`NfsPlugin::provision`] makes empty volumes, and a claim that
+/// asked for a copy must never get an empty one (clones go through `prepare_clone`).
 pub fn refusal_of(claim: &Claim) -> Option<VolumeError> {
+    if let Some(refusal) = refusal_of_shape(claim) {
+        return Some(refusal);
+    }
     let spec = claim.spec.as_ref()?;
-    if spec.volume_mode.as_deref() == Some("Block") {
-        return Some(VolumeError::BlockVolumeMode);
-    }
-    if spec.selector.is_some() {
-        return Some(VolumeError::Selector);
-    }
     if let Some(source) = &spec.data_source_ref {
         return Some(VolumeError::DataSource(format!(
             "dataSourceRef {} {}",
@@ -58,6 +59,18 @@ pub fn refusal_of(claim: &Claim) -> Option<VolumeError> {
     None
 }
 
+/// What no volume of this provisioner can be, empty or cloned.
+pub(super) fn refusal_of_shape(claim: &Claim) -> Option<VolumeError> {
+    let spec = claim.spec.as_ref()?;
+    if spec.volume_mode.as_deref() == Some("Block") {
+        return Some(VolumeError::BlockVolumeMode);
+    }
+    if spec.selector.is_some() {
+        return Some(VolumeError::Selector);
+    }
+    None
+}
+
 /// Who the directory belongs to, as seen before the mkdir.
 enum Found {
     /// Absent: recorded in the journal, about to be created for this claim.
@@ -68,20 +81,24 @@ enum Found {
     Predates,
 }
 
+/// What provisioning decided for a claim before touching the export.
+pub(super) struct Plan<'a> {
+    pub(super) parameters: &'a ClassParameters,
+    pub(super) request: VolumeRequest,
+    pub(super) directory: VolumeDirectory,
+    pub(super) permissions: DirectoryPermissions,
+    pub(super) parent_permissions: DirectoryPermissions,
+    pub(super) capacity: Quantity,
+}
+
 impl NfsPlugin {
-    /// Plans `claim`'s directory from `class`, creates it (or finds it) and builds PV
-    /// `pv_name` pointing at it. Idempotent: an earlier attempt's directory is reused.
-    pub async fn provision(
+    /// Plans `claim`'s directory and permissions from `class`, without touching the export.
+    pub(super) fn plan<'a>(
         &self,
         claim: &Claim,
-        class: &Class,
+        class: &'a Class,
         pv_name: &str,
-        term: &CancellationToken,
-    ) -> Result<ProvisionedVolume, VolumeError> {
-        if let Some(refusal) = refusal_of(claim) {
-            return Err(refusal);
-        }
-        let class_name = class.name().to_string();
+    ) -> Result<Plan<'a>, VolumeError> {
         let parameters = super::parameters_of(class)?;
         let capacity = claim
             .spec
@@ -106,16 +123,88 @@ impl NfsPlugin {
         // Template parents may be shared with other claims: the class decides, not this claim.
         let parent_permissions =
             DirectoryPermissions::resolve_parents(&self.default_permissions, parameters);
+        Ok(Plan {
+            parameters,
+            request,
+            directory,
+            permissions,
+            parent_permissions,
+            capacity,
+        })
+    }
 
+    /// The PV object for a planned volume whose directory is in place.
+    pub(super) fn volume_for(
+        &self,
+        plan: Plan<'_>,
+        claim: &Claim,
+        class: &Class,
+        directory_existed: bool,
+        owner: DirectoryGuard,
+    ) -> ProvisionedVolume {
+        let Plan {
+            parameters,
+            request,
+            directory,
+            capacity,
+            ..
+        } = plan;
+        let spec = VolumeSpec {
+            pv_name: request.pv_name.clone(),
+            provisioner_name: self.provisioner_name.clone(),
+            storage_class: class.name().to_string(),
+            nfs_server: self.nfs_server.clone(),
+            nfs_path: self.export.pv_path(&directory),
+            capacity,
+            access_modes: claim
+                .spec
+                .as_ref()
+                .and_then(|s| s.access_modes.clone())
+                .unwrap_or_default(),
+            mount_options: class.mount_options.clone().unwrap_or_default(),
+            reclaim_policy: class
+                .reclaim_policy
+                .clone()
+                .unwrap_or_else(|| "Delete".to_string()),
+            on_delete: parameters.on_delete,
+            claim_namespace: request.namespace.clone(),
+            claim_name: request.claim_name.clone(),
+            claim_uid: request.claim_uid.clone(),
+            directory_existed,
+            directory_tree: directory_tree_label(directory.components().next().unwrap_or_default()),
+        };
+        ProvisionedVolume {
+            pv: spec.to_persistent_volume(),
+            directory,
+            directory_existed,
+            claim_uid: request.claim_uid,
+            root: self.root.clone(),
+            _owner: owner,
+        }
+    }
+
+    /// Plans `claim`'s directory from `class`, creates it (or finds it) and builds PV
+    /// `pv_name` pointing at it. Idempotent: an earlier attempt's directory is reused.
+    pub async fn provision(
+        &self,
+        claim: &Claim,
+        class: &Class,
+        pv_name: &str,
+        term: &CancellationToken,
+    ) -> Result<ProvisionedVolume, VolumeError> {
+        if let Some(refusal) = refusal_of(claim) {
+            return Err(refusal);
+        }
+        let plan = self.plan(claim, class, pv_name)?;
+        let directory = plan.directory.clone();
         let owner = self.lock(&directory).await;
-        let uid = request.claim_uid.as_str();
+        let uid = plan.request.claim_uid.as_str();
         // Whether the directory existed before this volume decides what its delete policy may
         // do later. An earlier attempt of this claim that created it left a journal entry, so
         // it still counts as created here; the entry also lets the orphan sweep find a
         // directory whose claim goes away before its PV is made.
         let found = if self.root.volume_dir_exists(&directory, term).await? {
-            let journal = self.root.journal_entries(term).await?;
-            if journal.iter().any(|(k, d)| k == uid && *d == directory) {
+            if self.journaled_for(uid, &directory, term).await? {
                 Found::OursFromEarlierAttempt
             } else {
                 Found::Predates
@@ -126,7 +215,12 @@ impl NfsPlugin {
         };
         let outcome = self
             .root
-            .create_volume_dir(&directory, &permissions, &parent_permissions, term)
+            .create_volume_dir(
+                &directory,
+                &plan.permissions,
+                &plan.parent_permissions,
+                term,
+            )
             .await?;
         let directory_existed = match (outcome, found) {
             (CreateOutcome::Created, _) => {
@@ -148,38 +242,17 @@ impl NfsPlugin {
             // Not created for this claim: nothing to clean up if the claim goes away.
             self.root.journal_remove(uid, term).await?;
         }
+        Ok(self.volume_for(plan, claim, class, directory_existed, owner))
+    }
 
-        let spec = VolumeSpec {
-            pv_name: pv_name.to_string(),
-            provisioner_name: self.provisioner_name.clone(),
-            storage_class: class_name,
-            nfs_server: self.nfs_server.clone(),
-            nfs_path: self.export.pv_path(&directory),
-            capacity,
-            access_modes: claim
-                .spec
-                .as_ref()
-                .and_then(|s| s.access_modes.clone())
-                .unwrap_or_default(),
-            mount_options: class.mount_options.clone().unwrap_or_default(),
-            reclaim_policy: class
-                .reclaim_policy
-                .clone()
-                .unwrap_or_else(|| "Delete".to_string()),
-            on_delete: parameters.on_delete,
-            claim_namespace: request.namespace.clone(),
-            claim_name: request.claim_name.clone(),
-            claim_uid: request.claim_uid.clone(),
-            directory_existed,
-            directory_tree: directory_tree_label(directory.components().next().unwrap_or_default()),
-        };
-        Ok(ProvisionedVolume {
-            pv: spec.to_persistent_volume(),
-            directory,
-            directory_existed,
-            claim_uid: request.claim_uid,
-            root: self.root.clone(),
-            _owner: owner,
-        })
+    /// Whether the journal records `directory` as made for the claim with this UID.
+    pub(super) async fn journaled_for(
+        &self,
+        uid: &str,
+        directory: &VolumeDirectory,
+        term: &CancellationToken,
+    ) -> Result<bool, VolumeError> {
+        let journal = self.root.journal_entries(term).await?;
+        Ok(journal.iter().any(|(k, d)| k == uid && d == directory))
     }
 }

@@ -360,3 +360,158 @@ async fn data_that_predates_its_volume_is_kept_whatever_the_policy() {
     ));
     assert!(tmp.path().join("vol/data").is_file());
 }
+
+/// A clone of `source` (a claim with a `dataSource`), named `name`.
+fn clone_claim(name: &str, pattern_annotation: Option<&str>) -> Claim {
+    let mut c = claim(name);
+    c.spec.as_mut().unwrap().data_source =
+        Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+            api_group: None,
+            kind: "PersistentVolumeClaim".into(),
+            name: "src".into(),
+        });
+    if let Some(path) = pattern_annotation {
+        c.metadata.annotations =
+            Some([("nfs.io/storage-path".to_string(), path.to_string())].into());
+    }
+    c
+}
+
+fn no_progress(_: &crate::storage::CopyProgress) {}
+
+#[tokio::test]
+async fn a_clone_is_copied_to_a_new_journaled_directory_and_put_in_place_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = plugin(tmp.path()).await;
+    let term = CancellationToken::new();
+    write_data(tmp.path(), "src-dir");
+    let source = released("pvc-src", "filer", "src-dir", json!({}));
+    let clone = clone_claim("copy", None);
+    let nfs = class(json!({}));
+
+    // The plain provisioning path never gives a clone an empty volume.
+    assert!(matches!(
+        p.provision(&clone, &nfs, "pvc-copy", &term).await,
+        Err(VolumeError::DataSource(_))
+    ));
+
+    let target = p
+        .prepare_clone(&clone, &nfs, &source, "pvc-copy", &term)
+        .await
+        .unwrap();
+    assert!(!target.in_place);
+    assert_eq!(target.source.as_str(), "src-dir");
+    // Journaled before anything is copied: the orphan sweep finds it if the claim goes.
+    assert!(
+        p.journaled_for("uid-copy", &target.destination, &term)
+            .await
+            .unwrap()
+    );
+    assert!(!tmp.path().join(target.destination.as_str()).exists());
+
+    p.root
+        .copy_volume_dir(&target.source, &target.staging, &no_progress, &term)
+        .await
+        .unwrap();
+    let volume = p
+        .finish_clone(&clone, &nfs, &target, "pvc-copy", &term)
+        .await
+        .unwrap();
+    assert!(
+        !volume.directory_existed,
+        "the copy is the volume's own data"
+    );
+    let copied = tmp.path().join(target.destination.as_str()).join("data");
+    assert_eq!(std::fs::read(copied).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(tmp.path().join("src-dir/data")).unwrap(),
+        b"precious"
+    );
+    volume.created(&term).await.unwrap();
+
+    // A repeated attempt after a crash before the PV was created finds the copy in place.
+    p.root
+        .journal_record("uid-copy", &target.destination, &term)
+        .await
+        .unwrap();
+    let again = p
+        .prepare_clone(&clone, &nfs, &source, "pvc-copy", &term)
+        .await
+        .unwrap();
+    assert!(again.in_place);
+    let volume = p
+        .finish_clone(&clone, &nfs, &again, "pvc-copy", &term)
+        .await
+        .unwrap();
+    assert!(!volume.directory_existed);
+}
+
+#[tokio::test]
+async fn a_clone_never_lands_on_existing_data_or_on_its_source() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = plugin(tmp.path()).await;
+    let term = CancellationToken::new();
+    write_data(tmp.path(), "src-dir");
+    write_data(tmp.path(), "taken");
+    let source = released("pvc-src", "filer", "src-dir", json!({}));
+    let by_path = class(json!({"pathPattern": "${.PVC.annotations.nfs.io/storage-path}"}));
+
+    // An existing directory (data that predates the clone) is refused, untouched.
+    let onto_existing = clone_claim("a", Some("taken"));
+    assert!(matches!(
+        p.prepare_clone(&onto_existing, &by_path, &source, "pvc-a", &term)
+            .await,
+        Err(VolumeError::CloneDestinationExists(_))
+    ));
+    // The source itself, a directory inside it, or one containing it.
+    let inside = class(json!({"pathPattern": "src-dir/${.PVC.name}"}));
+    for (class, c) in [
+        (&by_path, clone_claim("b", Some("src-dir"))),
+        (&inside, clone_claim("b", None)),
+    ] {
+        let refused = p.prepare_clone(&c, class, &source, "pvc-b", &term).await;
+        assert!(
+            matches!(refused, Err(VolumeError::CloneOverlapsSource { .. })),
+            "{refused:?}"
+        );
+    }
+    let nested_source = released("pvc-n", "filer", "outer/src", json!({}));
+    let c = clone_claim("c", Some("outer"));
+    assert!(matches!(
+        p.prepare_clone(&c, &by_path, &nested_source, "pvc-c", &term)
+            .await,
+        Err(VolumeError::CloneOverlapsSource { .. })
+    ));
+    assert!(p.root.journal_entries(&term).await.unwrap().is_empty());
+
+    // A directory that appears while the copy runs is someone else's: the copy is not
+    // renamed over it (even an empty one), and the claim lets go of it.
+    let late = clone_claim("d", Some("late"));
+    let target = p
+        .prepare_clone(&late, &by_path, &source, "pvc-d", &term)
+        .await
+        .unwrap();
+    p.root
+        .copy_volume_dir(&target.source, &target.staging, &no_progress, &term)
+        .await
+        .unwrap();
+    std::fs::create_dir(tmp.path().join("late")).unwrap();
+    assert!(matches!(
+        p.finish_clone(&late, &by_path, &target, "pvc-d", &term)
+            .await,
+        Err(VolumeError::CloneDestinationExists(_))
+    ));
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("late")).unwrap().count(),
+        0
+    );
+    assert!(
+        !p.journaled_for("uid-d", &target.destination, &term)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        std::fs::read(tmp.path().join("taken/data")).unwrap(),
+        b"precious"
+    );
+}

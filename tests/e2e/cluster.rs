@@ -503,8 +503,11 @@ pub fn entries(root: &Path) -> Vec<String> {
             if name.starts_with(".nfs-provisioner-probe-") {
                 continue;
             }
-            // The orphan journal's directory: provisioner bookkeeping, not a volume.
-            if name == nfs_provisioner::planning::JOURNAL_DIRECTORY {
+            // The orphan journal's and the clone staging directories: provisioner
+            // bookkeeping, not volumes (the clone scenarios look into staging themselves).
+            if name == nfs_provisioner::planning::JOURNAL_DIRECTORY
+                || name == nfs_provisioner::planning::STAGING_DIRECTORY
+            {
                 continue;
             }
             let p = e.path();

@@ -69,11 +69,13 @@ async fn claims_land_on_the_export_their_class_names_and_are_reclaimed_there() {
         ("b-archive", vec![("export", "second")]),
     ];
     let mut claims = Vec::new();
+    let mut class_names = Vec::new();
     for (short, parameters) in &classes {
         let class = c.create_class(short, parameters, "Delete").await;
         let claim = format!("on-{short}");
         c.create_claim(&TestCluster::claim(&claim, &class)).await;
         claims.push((short.to_string(), claim));
+        class_names.push(class);
     }
     let unknown = c
         .create_class("nowhere", &[("export", "third")], "Delete")
@@ -105,6 +107,39 @@ async fn claims_land_on_the_export_their_class_names_and_are_reclaimed_there() {
         note.contains("\"third\"") && note.contains("default, second"),
         "{note}"
     );
+
+    // Clones stay on their export: one of a volume of the second export in a class of the
+    // default export is refused; one within the second export is copied there.
+    let clone = |name: &str, class: &str, source: &str| {
+        let mut claim = TestCluster::claim(name, class);
+        claim.spec.as_mut().unwrap().data_source =
+            Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+                api_group: None,
+                kind: "PersistentVolumeClaim".into(),
+                name: source.into(),
+            });
+        claim
+    };
+    c.create_claim(&clone("across", &class_names[0], "on-b-delete"))
+        .await;
+    c.create_claim(&clone("within", &class_names[2], "on-b-archive"))
+        .await;
+    let within = c.wait_bound("within").await;
+    let (server, path) = nfs_of(&within);
+    assert_eq!(server, SECOND_SERVER);
+    let within_dir = path.strip_prefix("/exports/second/").unwrap().to_string();
+    assert_eq!(
+        std::fs::read(second.path().join(&within_dir).join("data")).unwrap(),
+        b"on-b-archive"
+    );
+    let note = c.wait_claim_event("across", "ProvisioningFailed").await;
+    assert!(
+        note.contains("export second") && note.contains("export default"),
+        "{note}"
+    );
+    c.delete_claim("within").await;
+    c.wait_volume_gone(&within.name_any()).await;
+    assert!(!second.path().join(&within_dir).exists());
 
     for (_, claim, _, _) in &volumes {
         c.delete_claim(claim).await;

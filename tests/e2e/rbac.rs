@@ -145,6 +145,20 @@ async fn lifecycle(c: &TestCluster, root: &std::path::Path) -> Result<(), String
                 .is_some_and(|q| q.0 == "2Mi")
         })
         .await?;
+        // Cloning: the source claim is protected while it is copied (claim patch).
+        let mut copy = TestCluster::claim("copy", &late);
+        copy.spec.as_mut().unwrap().data_source =
+            Some(k8s_openapi::api::core::v1::TypedLocalObjectReference {
+                api_group: None,
+                kind: "PersistentVolumeClaim".into(),
+                name: "good".into(),
+            });
+        c.create_claim(&copy).await;
+        within(limit, "clone bound", || async {
+            let claim = c.claims().get("copy").await.unwrap();
+            claim.status.and_then(|s| s.phase).as_deref() == Some("Bound")
+        })
+        .await?;
         within(limit, "legacy PV adopted", || async {
             let pv = c.volumes().get("legacy-pv").await.unwrap();
             pv.finalizers()

@@ -16,6 +16,7 @@ use nfs_provisioner::persistent_volume::{ANN_ON_DELETE, ANN_PROVISIONED_BY, FINA
 use crate::cluster::{TestCluster, entries};
 use crate::provisioner::RunningProvisioner;
 
+mod clone;
 mod hand_back;
 
 struct Scenario {
