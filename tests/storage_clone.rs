@@ -1205,3 +1205,82 @@ async fn a_mount_point_inside_the_source_is_not_crossed() {
         &["root/clone", "root/.nfs-provisioner-staging"],
     );
 }
+
+/// Drops `CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH` and `CAP_FOWNER` from the calling
+/// thread's effective set: from then on it is held to file modes like a non-root provisioner,
+/// or root squashed by an NFS server, that owns the files.
+fn drop_override_capabilities() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    let mut header = Header {
+        version: VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: capget/capset with a version 3 header and two data words, as the ABI defines;
+    // pid 0 is the calling thread.
+    unsafe {
+        assert_eq!(
+            libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()),
+            0
+        );
+        data[0].effective &= !((1 << 1) | (1 << 2) | (1 << 3));
+        assert_eq!(
+            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
+            0
+        );
+    }
+}
+
+/// A staged copy of read-only directories (0555, 0500: modes copied from the source) can be
+/// thrown away by an owner held to file modes, as a non-root provisioner or root squashed by
+/// the server is: otherwise an interrupted clone of such a tree could never start over.
+#[tokio::test]
+async fn a_staged_copy_of_read_only_directories_is_discarded_by_an_unprivileged_owner() {
+    let world = World::new();
+    fs::create_dir_all(world.in_root("src/ro/deeper")).unwrap();
+    fs::write(world.in_root("src/ro/deeper/f"), b"x").unwrap();
+    fs::write(world.in_root("src/ro/g"), b"y").unwrap();
+    for (rel, mode) in [("src/ro/deeper", 0o555), ("src/ro", 0o500), ("src", 0o555)] {
+        fs::set_permissions(world.in_root(rel), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let root = open_hooked(&world, StorageOptions::default(), |op, _| {
+        if op == "discard copy" {
+            drop_override_capabilities();
+        }
+    })
+    .await;
+    root.copy_volume_dir(&dir("src"), &staging(), &no_progress, &never())
+        .await
+        .unwrap();
+    let staged_mode = |rel: &str| {
+        fs::symlink_metadata(world.in_root(&format!("{STAGING}/{UID}/{rel}")))
+            .unwrap()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(staged_mode("ro"), 0o500, "the copy keeps the modes");
+    assert_eq!(
+        root.discard_copy(&staging(), &never()).await.unwrap(),
+        RemoveOutcome::Removed
+    );
+    assert!(!world.in_root(&format!("{STAGING}/{UID}")).exists());
+    // The source is untouched.
+    let mode = |rel: &str| fs::metadata(world.in_root(rel)).unwrap().mode() & 0o7777;
+    assert_eq!(
+        (mode("src"), mode("src/ro"), mode("src/ro/deeper")),
+        (0o555, 0o500, 0o555)
+    );
+    assert_eq!(fs::read(world.in_root("src/ro/deeper/f")).unwrap(), b"x");
+}

@@ -63,6 +63,9 @@ pub(crate) struct Removal<'a> {
     dev: u64,
     ctx: &'a OpContext,
     removed: u64,
+    /// Make each directory writable (0700) before emptying it (see
+    /// [`Removal::making_directories_writable`]).
+    make_writable: bool,
 }
 
 impl<'a> Removal<'a> {
@@ -73,7 +76,17 @@ impl<'a> Removal<'a> {
             dev,
             ctx,
             removed: 0,
+            make_writable: false,
         }
+    }
+
+    /// For trees that are the provisioner's own (a staged clone copy): directories copied
+    /// read-only (mode 0555) cannot be emptied by an owner without `CAP_DAC_OVERRIDE` (a
+    /// non-root provisioner, or root squashed by the NFS server), so each is made 0700
+    /// before it is emptied. Never used on a volume's data.
+    pub(crate) fn making_directories_writable(mut self) -> Self {
+        self.make_writable = true;
+        self
     }
 
     /// Entries removed (or moved up) in this slice.
@@ -174,6 +187,9 @@ impl<'a> Removal<'a> {
             self.removed += 1;
             return Ok(Flow::Done);
         }
+        if self.make_writable {
+            make_writable(dir, name);
+        }
         let sub = match open_subdir(dir, name) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(Flow::Done),
@@ -239,6 +255,18 @@ impl<'a> Removal<'a> {
             Err(e) => Err(fs_error("unlink", &join(path, name), e)),
         }
     }
+}
+
+/// Sets directory `name` in `dir` to 0700, never following a symlink put there instead (glibc
+/// does `AT_SYMLINK_NOFOLLOW` with `fchmodat2` or an `O_PATH` descriptor, or refuses). A
+/// failure is left for the removal itself to report.
+pub(crate) fn make_writable(dir: BorrowedFd<'_>, name: &CStr) {
+    let _ = nix::sys::stat::fchmodat(
+        dir,
+        name,
+        Mode::from_bits_truncate(0o700),
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    );
 }
 
 fn open_subdir(dir: BorrowedFd<'_>, name: &CStr) -> Result<OwnedFd, Errno> {

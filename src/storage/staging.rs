@@ -178,6 +178,10 @@ pub(crate) fn remove(
     if !is_staged(staging_root, name)? {
         return Ok(Removed::Gone(false));
     }
+    // The copy's top directory has the source's mode, which may not let its owner read it.
+    if let Ok(cname) = std::ffi::CString::new(name) {
+        super::removal::make_writable(staging_root, &cname);
+    }
     let dir = match open_dir(staging_root, name, OFlag::O_RDONLY) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(Removed::Gone(false)),
@@ -190,7 +194,7 @@ pub(crate) fn remove(
             "a mount point of another file system; not removed",
         ));
     }
-    let mut removal = Removal::new(dir.as_fd(), dev, ctx);
+    let mut removal = Removal::new(dir.as_fd(), dev, ctx).making_directories_writable();
     if removal.empty_volume(&path)? == Flow::Paused {
         return Ok(Removed::Paused);
     }
