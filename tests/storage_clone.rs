@@ -1284,3 +1284,44 @@ async fn a_staged_copy_of_read_only_directories_is_discarded_by_an_unprivileged_
     );
     assert_eq!(fs::read(world.in_root("src/ro/deeper/f")).unwrap(), b"x");
 }
+
+/// A source directory being written to can list a name twice; the second time finds the
+/// name already in the copy. The copy takes it as copied and goes on instead of failing.
+#[tokio::test]
+async fn a_name_listed_twice_by_the_source_is_copied_once() {
+    let world = World::new();
+    fs::create_dir_all(world.in_root("src/d")).unwrap();
+    for name in ["a", "b", "c"] {
+        fs::write(world.in_root(&format!("src/{name}")), name).unwrap();
+    }
+    fs::write(world.in_root("src/d/inner"), b"inner").unwrap();
+    symlink("a", world.in_root("src/l")).unwrap();
+    let partial = world.in_root(&format!("{STAGING}/{UID}.partial"));
+    // Stand in for the first listing of each name: it is in the copy already, as the copy
+    // would have made it, when the entry comes.
+    let (p, src) = (partial.clone(), world.in_root("src"));
+    let root = open_hooked(&world, StorageOptions::default(), move |op, path| {
+        if op != "copy_entry" {
+            return;
+        }
+        let rel = path.strip_prefix("src/").unwrap_or(path);
+        match rel {
+            "b" => fs::copy(src.join("b"), p.join("b")).map(|_| ()).unwrap(),
+            "d" => fs::create_dir(p.join("d")).unwrap(),
+            "l" => symlink("a", p.join("l")).unwrap(),
+            _ => {}
+        }
+    })
+    .await;
+    let outcome = root
+        .copy_volume_dir(&dir("src"), &staging(), &no_progress, &never())
+        .await
+        .unwrap();
+    assert!(outcome.notes.is_empty(), "{:?}", outcome.notes);
+    let copy = world.in_root(&format!("{STAGING}/{UID}"));
+    for name in ["a", "b", "c"] {
+        assert_eq!(fs::read(copy.join(name)).unwrap(), name.as_bytes());
+    }
+    assert_eq!(fs::read_link(copy.join("l")).unwrap(), Path::new("a"));
+    assert!(copy.join("d").is_dir());
+}

@@ -752,18 +752,22 @@ impl Walk {
                 },
             };
             action = match (kind, st) {
-                (SFlag::S_IFDIR, _) => enter_dir(&at, stack.len(), limits, host, tally, ctx)?,
+                (SFlag::S_IFDIR, _) => enter_dir(&at, stack.len(), limits, host, tally, ctx)
+                    .or_else(|e| already_copied(e, &rel))?,
                 (SFlag::S_IFREG, _) => {
                     let dir_rel = &stack[1..];
-                    start_file(&at, dir_rel, dst_top.as_fd(), links, host, tally, ctx)?
+                    start_file(&at, dir_rel, dst_top.as_fd(), links, host, tally, ctx)
+                        .or_else(|e| already_copied(e, &rel))?
                 }
                 (SFlag::S_IFSOCK, _) => {
                     tally.note(CopyNoteKind::Socket, &rel);
                     Action::Done
                 }
-                (SFlag::S_IFLNK, Some(st)) => copy_symlink(&at, &st, host, tally)?,
+                (SFlag::S_IFLNK, Some(st)) => {
+                    copy_symlink(&at, &st, host, tally).or_else(|e| already_copied(e, &rel))?
+                }
                 (SFlag::S_IFIFO | SFlag::S_IFCHR | SFlag::S_IFBLK, Some(st)) => {
-                    copy_special(&at, &st, host, tally)?
+                    copy_special(&at, &st, host, tally).or_else(|e| already_copied(e, &rel))?
                 }
                 _ => {
                     tally.note(CopyNoteKind::UnknownType, &rel);
@@ -893,6 +897,23 @@ impl Walk {
             staging.complete_name(),
         )
         .map_err(|e| fs_error("rename", &CloneStaging::path_of(staging.complete_name()), e))
+    }
+}
+
+/// Creating an entry in the copy found its name taken. The staging place is the copy's
+/// alone, so the name was created by this copy: a source directory being written to can list
+/// a name twice (its listing shifts under the reads), and the first time was copied whole.
+/// The entry is taken as copied instead of failing the clone.
+fn already_copied(e: StorageError, rel: &str) -> Result<Action, StorageError> {
+    match &e {
+        StorageError::Io { op, source, .. }
+            if source.raw_os_error() == Some(libc::EEXIST)
+                && matches!(*op, "mkdir" | "create" | "symlink" | "mknod" | "link") =>
+        {
+            tracing::debug!(path = rel, "listed twice by the source; already copied");
+            Ok(Action::Done)
+        }
+        _ => Err(e),
     }
 }
 
