@@ -1325,3 +1325,20 @@ async fn a_name_listed_twice_by_the_source_is_copied_once() {
     assert_eq!(fs::read_link(copy.join("l")).unwrap(), Path::new("a"));
     assert!(copy.join("d").is_dir());
 }
+
+/// A staging directory opened up on the server (mode 0777) is closed again before a copy is
+/// built in it: half-built copies of a volume are not for other users of the export.
+#[tokio::test]
+async fn a_staging_directory_opened_up_to_others_is_closed_again() {
+    let world = World::new();
+    fs::create_dir_all(world.in_root("src")).unwrap();
+    fs::write(world.in_root("src/secret"), b"s").unwrap();
+    fs::create_dir(world.in_root(STAGING)).unwrap();
+    fs::set_permissions(world.in_root(STAGING), fs::Permissions::from_mode(0o777)).unwrap();
+    let root = open(&world).await;
+    root.copy_volume_dir(&dir("src"), &staging(), &no_progress, &never())
+        .await
+        .unwrap();
+    let mode = fs::metadata(world.in_root(STAGING)).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+}

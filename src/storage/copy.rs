@@ -1033,10 +1033,15 @@ fn link_first_copy(
     first: &[u8],
     dst: BorrowedFd<'_>,
     name: &CStr,
+    ctx: &OpContext,
 ) -> Result<(), Errno> {
     let mut parts = first.split(|b| *b == b'/').peekable();
     let mut dir: Option<OwnedFd> = None;
     while let Some(part) = parts.next() {
+        // The caller gave up (deadline, cancellation): stop walking (its check says why).
+        if ctx.check().is_err() {
+            return Err(Errno::ECANCELED);
+        }
         let part = CString::new(part).map_err(|_| Errno::EINVAL)?;
         let base = dir.as_ref().map_or(top, |fd| fd.as_fd());
         if parts.peek().is_none() {
@@ -1084,7 +1089,7 @@ fn start_file(
     if st.st_nlink > 1
         && let Some(first) = links.first_copy(st.st_ino)
     {
-        match link_first_copy(dst_top, first, at.dst, at.name) {
+        match link_first_copy(dst_top, first, at.dst, at.name, ctx) {
             Ok(()) => {
                 links.linked(st.st_ino);
                 tally.progress.entries += 1;
@@ -1099,6 +1104,10 @@ fn start_file(
                 | Errno::EXDEV
                 | Errno::EPERM,
             ) => tally.note(CopyNoteKind::HardLinkCopied, at.rel),
+            Err(Errno::ECANCELED) => {
+                ctx.check()?;
+                return Err(fs_error("link", at.staged, Errno::ECANCELED));
+            }
             Err(e) => return Err(fs_error("link", at.staged, e)),
         }
     }

@@ -123,12 +123,25 @@ pub(crate) fn open_root(
     Ok(Some(fd))
 }
 
-/// Opens the staging directory, creating it (mode 0700) if missing.
+/// Opens the staging directory, creating it (mode 0700) if missing. An existing one whose
+/// mode lets anyone else in (changed on the server) is set back to 0700 first: half-built
+/// copies of volumes are not for other users of the export to read.
 pub(crate) fn open_or_create_root(
     root: BorrowedFd<'_>,
     root_dev: u64,
 ) -> Result<OwnedFd, StorageError> {
     if let Some(fd) = open_root(root, root_dev)? {
+        let st = fstat(&fd).map_err(|e| fs_error("stat", STAGING_DIRECTORY, e))?;
+        if st.st_mode & 0o7077 != 0 {
+            tracing::warn!(
+                mode = format!("{:o}", st.st_mode & 0o7777),
+                "the staging directory was opened up to other users; setting it back to 0700"
+            );
+            let dir = open_dir(root, STAGING_DIRECTORY, OFlag::O_RDONLY)
+                .map_err(|e| fs_error("open", STAGING_DIRECTORY, e))?;
+            fchmod(&dir, Mode::from_bits_truncate(0o700))
+                .map_err(|e| fs_error("chmod", STAGING_DIRECTORY, e))?;
+        }
         return Ok(fd);
     }
     let mode = Mode::from_bits_truncate(0o700);
