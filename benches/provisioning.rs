@@ -14,7 +14,7 @@
 //! which also plays kube-controller-manager's PV binder); with it, a real cluster (a unique
 //! namespace, StorageClass and provisioner name are created and removed afterwards).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -51,6 +51,44 @@ struct Args {
     /// (fake API server only).
     #[arg(long, default_value_t = 0)]
     background: usize,
+    /// Existing volumes of this provisioner seeded before it starts: Released PVs with reclaim
+    /// policy Retain, its `provisioned-by` annotation and finalizer, plus as many claims that
+    /// have a volume (another PV's). On a real cluster they are created with `--seed-concurrency`
+    /// requests in flight and kept for the next run of the same `--provisioner-name`.
+    #[arg(long, default_value_t = 0)]
+    existing: usize,
+    /// Creations in flight while seeding existing volumes on a real cluster.
+    #[arg(long, default_value_t = 128)]
+    seed_concurrency: usize,
+    /// Provisioner name (real cluster; default a unique one per run). Seeded volumes carry it,
+    /// so a run with the same name finds them already there.
+    #[arg(long)]
+    provisioner_name: Option<String>,
+    /// Instead of nfs-provisioner, a minimal provisioner inside the bench that creates one PV
+    /// per claim and deletes a Released PV, nothing else (no events, no finalizer, no
+    /// directory): the floor a provisioner's burst time is compared with. Same client limits as
+    /// nfs-provisioner's defaults (200 requests/s, burst 400, 16 in flight).
+    #[arg(long)]
+    floor: bool,
+    /// Measure the CPU of one full resync: the provisioner runs with this resync period (s) and
+    /// the bench reads its CPU around the first periodic resync, before the burst.
+    #[arg(long, default_value_t = 0)]
+    resync_period: u64,
+    /// Stay idle this many seconds after the provisioner is ready (before the burst), sampling
+    /// its RSS every second; reports the first, last and highest reading.
+    #[arg(long, default_value_t = 0)]
+    idle: u64,
+    /// Run this binary instead of the bench profile's nfs-provisioner (e.g. an unstripped build
+    /// for a heap profile).
+    #[arg(long)]
+    provisioner_binary: Option<PathBuf>,
+    /// Run the provisioner under this command, split on whitespace (e.g. "heaptrack -o FILE").
+    /// Memory and CPU figures are then the wrapper's process's.
+    #[arg(long, default_value = "", allow_hyphen_values = true)]
+    provisioner_wrapper: String,
+    /// Skip the burst: stop after the idle and resync measurements.
+    #[arg(long)]
+    no_burst: bool,
     /// Run against the cluster of this kubeconfig instead of the fake API server.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -113,6 +151,8 @@ struct Target {
     fake: Option<FakeApiServer>,
     /// Kubeconfig the provisioner uses.
     provisioner_kubeconfig: PathBuf,
+    /// The same as a client configuration (for `--floor`).
+    provisioner_config: kube::Config,
     namespace: String,
     class: String,
     provisioner_name: String,
@@ -139,6 +179,8 @@ async fn setup(args: &Args, scratch: &Path) -> Result<Target, BoxError> {
             config.auth_info.token = Some(fake.token_for("admin").into());
             let client = Client::try_from(config)?;
             let token = fake.token_for(PROVISIONER_USER);
+            let mut provisioner_config = kube::Config::new(fake.url().parse()?);
+            provisioner_config.auth_info.token = Some(token.clone().into());
             let kubeconfig = scratch.join("kubeconfig");
             std::fs::write(
                 &kubeconfig,
@@ -168,26 +210,46 @@ async fn setup(args: &Args, scratch: &Path) -> Result<Target, BoxError> {
                 client,
                 fake: Some(fake),
                 provisioner_kubeconfig: kubeconfig,
+                provisioner_config,
                 namespace: "bench".into(),
                 class: "nfs-bench".into(),
                 provisioner_name: "example.com/nfs".into(),
             };
             create_namespace_and_class(&target).await?;
+            if args.existing > 0 {
+                let started = Instant::now();
+                let (claims, volumes) = existing_objects(args.existing, &target.provisioner_name);
+                let fake = target.fake.as_ref().expect("fake");
+                fake.put_objects(claims)?;
+                fake.put_objects(volumes)?;
+                println!(
+                    "seeded {n} Released volumes of this provisioner and {n} claims with a volume in {s:.1} s",
+                    n = args.existing,
+                    s = started.elapsed().as_secs_f64()
+                );
+            }
             Ok(target)
         }
         Some(path) => {
             let config = nfs_provisioner::kube_client::load_config(Some(path)).await?;
-            let client = Client::try_from(config)?;
+            let client = Client::try_from(config.clone())?;
             let suffix = random_suffix();
             let target = Target {
                 client,
                 fake: None,
                 provisioner_kubeconfig: path.clone(),
+                provisioner_config: config,
                 namespace: format!("nfs-bench-{suffix}"),
                 class: format!("nfs-bench-{suffix}"),
-                provisioner_name: format!("example.com/nfs-bench-{suffix}"),
+                provisioner_name: args
+                    .provisioner_name
+                    .clone()
+                    .unwrap_or_else(|| format!("example.com/nfs-bench-{suffix}")),
             };
             create_namespace_and_class(&target).await?;
+            if args.existing > 0 {
+                seed_real_cluster(&target, args.existing, args.seed_concurrency).await?;
+            }
             Ok(target)
         }
     }
@@ -239,9 +301,11 @@ async fn cleanup(t: &Target) {
         .await;
 }
 
-/// The provisioner subprocess and what we sample of it.
+/// The provisioner subprocess and what we sample of it; or, with `--floor`, the bench's own
+/// minimal provisioner (no process: memory and CPU figures are then zero).
 struct Provisioner {
-    child: Child,
+    child: Option<Child>,
+    floor: Option<Floor>,
     admin: SocketAddr,
     peak_sampled_rss_kb: Arc<AtomicU64>,
     stop_sampling: Arc<AtomicBool>,
@@ -295,7 +359,22 @@ impl Provisioner {
     ) -> Result<Provisioner, BoxError> {
         let admin = free_local_port()?;
         let log_file = std::fs::File::create(log)?;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nfs-provisioner"));
+        let binary = args
+            .provisioner_binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_nfs-provisioner")));
+        let mut wrapper = args.provisioner_wrapper.split_whitespace();
+        let mut cmd = match wrapper.next() {
+            Some(program) => {
+                let mut cmd = Command::new(program);
+                cmd.args(wrapper).arg(&binary);
+                cmd
+            }
+            None => Command::new(&binary),
+        };
+        if args.resync_period > 0 {
+            cmd.args(["--resync-period", &format!("{}s", args.resync_period)]);
+        }
         cmd.args([
             "--kubeconfig",
             &t.provisioner_kubeconfig.display().to_string(),
@@ -332,18 +411,34 @@ impl Provisioner {
             });
         }
         Ok(Provisioner {
-            child,
+            child: Some(child),
+            floor: None,
             admin,
             peak_sampled_rss_kb: peak,
             stop_sampling: stop,
         })
     }
 
+    /// The bench's minimal provisioner instead of nfs-provisioner.
+    fn start_floor(t: &Target) -> Result<Provisioner, BoxError> {
+        Ok(Provisioner {
+            child: None,
+            floor: Some(Floor::start(t)?),
+            admin: free_local_port()?,
+            peak_sampled_rss_kb: Arc::new(AtomicU64::new(0)),
+            stop_sampling: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The process's pid (0 for the floor: no /proc figures).
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, |c| c.id())
     }
 
     fn ready(&self) -> bool {
+        if let Some(floor) = &self.floor {
+            return floor.ready.load(Ordering::Relaxed);
+        }
         let Ok(mut s) = TcpStream::connect_timeout(&self.admin, Duration::from_millis(200)) else {
             return false;
         };
@@ -359,6 +454,9 @@ impl Provisioner {
     }
 
     fn metrics(&self) -> String {
+        if self.floor.is_some() {
+            return String::new();
+        }
         let Ok(mut s) = TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)) else {
             return String::new();
         };
@@ -370,23 +468,29 @@ impl Provisioner {
     }
 
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.child.as_mut()?.try_wait().ok().flatten()
     }
 
     fn stop(mut self) {
         self.stop_sampling.store(true, Ordering::Relaxed);
+        if let Some(floor) = self.floor.take() {
+            floor.stop();
+        }
+        let Some(child) = self.child.as_mut() else {
+            return;
+        };
         unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
+            libc::kill(child.id() as i32, libc::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if self.exited().is_some() {
+            if child.try_wait().ok().flatten().is_some() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
 
@@ -524,24 +628,82 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
 
     // Start the provisioner and wait until its caches are synced.
     let started = Instant::now();
-    let mut provisioner = Provisioner::start(args, t, nfs_root, &log)?;
+    let mut provisioner = if args.floor {
+        Provisioner::start_floor(t)?
+    } else {
+        Provisioner::start(args, t, nfs_root, &log)?
+    };
     let pid = provisioner.pid();
-    let ready_deadline = Instant::now() + Duration::from_secs(120);
+    let ready_deadline = Instant::now() + Duration::from_secs(600);
     while !provisioner.ready() {
         if let Some(status) = provisioner.exited() {
             let out = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!("provisioner exited ({status}) before ready:\n{out}").into());
         }
         if Instant::now() > ready_deadline {
-            return Err("provisioner not ready after 120 s".into());
+            return Err("provisioner not ready after 600 s".into());
         }
-        std::thread::sleep(Duration::from_millis(20));
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let ready_after = started.elapsed();
+    let ready_at = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
     let startup_hwm = proc_status_kb(pid, "VmHWM:").unwrap_or(0);
+    // The first pass over every cached claim and volume runs as the term starts, right after
+    // the caches synced: settled is when the process has been (nearly) idle for a second.
+    let settled_after = settle(pid, Duration::from_secs(120)).await;
+    let settled_idle_rss = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
     let cpu_at_ready = cpu_seconds(pid).unwrap_or(0.0);
+    if pid != 0 {
+        println!(
+            "ready after {}; settled {} later (startup CPU {cpu_at_ready:.2} s): RSS {:.1} MB ({:.1} MB anonymous), startup peak {:.1} MB",
+            ms(ready_after),
+            ms(settled_after),
+            settled_idle_rss as f64 / 1024.0,
+            proc_status_kb(pid, "RssAnon:").unwrap_or(0) as f64 / 1024.0,
+            proc_status_kb(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0,
+        );
+    }
+    let resync = if args.resync_period > 0 && pid != 0 {
+        Some(measure_resync(pid, ready_at, Duration::from_secs(args.resync_period)).await?)
+    } else {
+        None
+    };
+    if let Some(r) = &resync {
+        println!(
+            "resync: {:.2} CPU s above idle ({:.2} s measured over {}, idle {:.4} CPU s/s); RSS {:.1} MB before, {:.1} MB after",
+            r.cpu,
+            r.raw_cpu,
+            ms(r.window),
+            r.idle_rate,
+            r.rss_before_kb as f64 / 1024.0,
+            r.rss_after_kb as f64 / 1024.0,
+        );
+    }
+    if args.idle > 0 && pid != 0 {
+        let (first, last, max) = sample_idle(pid, Duration::from_secs(args.idle)).await;
+        println!(
+            "idle {} s: RSS first {:.1} MB, last {:.1} MB, highest {:.1} MB; CPU {:.2} s",
+            args.idle,
+            first as f64 / 1024.0,
+            last as f64 / 1024.0,
+            max as f64 / 1024.0,
+            cpu_seconds(pid).unwrap_or(0.0) - cpu_at_ready,
+        );
+    }
+    let cpu_at_ready = cpu_seconds(pid).unwrap_or(0.0);
+    if args.no_burst {
+        println!(
+            "== {} existing volumes: ready {}, idle RSS {:.1} MB (settled), startup CPU {:.2} s ==",
+            args.existing,
+            ms(ready_after),
+            settled_idle_rss as f64 / 1024.0,
+            cpu_at_ready
+        );
+        provisioner.stop();
+        return Ok(());
+    }
 
     // Create all claims, bounded concurrency.
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(t.client.clone(), &t.namespace);
@@ -666,6 +828,15 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
             "background: {b} unrelated PVCs + {b} PVs in the cluster",
             b = args.background
         );
+    }
+    if args.existing > 0 {
+        println!(
+            "existing: {e} Released volumes of this provisioner + {e} claims with a volume",
+            e = args.existing
+        );
+    }
+    if args.floor {
+        println!("provisioner: the FLOOR (one PV per claim, nothing else; no process figures)");
     }
     if !args.provisioner_args.is_empty() {
         println!("provisioner args: {}", args.provisioner_args);
@@ -922,4 +1093,426 @@ fn background_objects(n: usize) -> (Vec<Value>, Vec<Value>) {
         }));
     }
     (claims, volumes)
+}
+
+/// Namespace of the seeded claims (kept across runs on a real cluster).
+const EXISTING_NAMESPACE: &str = "nfs-bench-existing";
+/// Label on seeded objects; its value names the provisioner (a hash: names hold `/`).
+const EXISTING_LABEL: &str = "nfs-bench-existing";
+
+fn existing_label_value(provisioner_name: &str) -> String {
+    nfs_provisioner::persistent_volume::directory_tree_label(provisioner_name)
+}
+
+/// `n` volumes of `provisioner_name` as it leaves them once their claims are gone under
+/// reclaim policy Retain (Released, with its annotations, label and finalizer, and the
+/// managedFields a real API server adds), and `n` claims that have a volume (a PV that is
+/// not among these: the provisioner has nothing to do for them either).
+fn existing_objects(n: usize, provisioner_name: &str) -> (Vec<Value>, Vec<Value>) {
+    use nfs_provisioner::persistent_volume::{
+        ANN_ON_DELETE, ANN_PROVISIONED_BY, FINALIZER, LABEL_DIRECTORY_TREE, directory_tree_label,
+    };
+    let tag = existing_label_value(provisioner_name);
+    let ns = EXISTING_NAMESPACE;
+    let mut claims = Vec::with_capacity(n);
+    let mut volumes = Vec::with_capacity(n);
+    for i in 0..n {
+        let uid = format!("{i:08x}-{}-4000-8000-{:012x}", &tag[..4], i * 7919);
+        let pv_name = format!("pvc-{uid}");
+        let gone_claim = format!("gone-{i:06}");
+        let directory = format!("{ns}-{gone_claim}-{pv_name}");
+        volumes.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {
+                "name": pv_name, "uid": format!("{i:08x}-3333-4333-8333-{:012x}", i * 31),
+                "resourceVersion": "1", "creationTimestamp": "2025-03-01T10:00:01Z",
+                "labels": {LABEL_DIRECTORY_TREE: directory_tree_label(&directory), EXISTING_LABEL: tag},
+                "annotations": {ANN_PROVISIONED_BY: provisioner_name, ANN_ON_DELETE: "retain"},
+                "finalizers": ["kubernetes.io/pv-protection", FINALIZER],
+                "managedFields": [
+                    {"manager": "nfs-provisioner", "operation": "Update", "apiVersion": "v1",
+                     "time": "2025-03-01T10:00:01Z", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, "f:nfs-provisioner.io/on-delete": {}, "f:pv.kubernetes.io/provisioned-by": {}},
+                                                 "f:finalizers": {".": {}, "v:\"nfs-provisioner.io/volume-directory\"": {}},
+                                                 "f:labels": {".": {}, "f:nfs-provisioner.io/directory-tree": {}}},
+                                  "f:spec": {"f:accessModes": {}, "f:capacity": {".": {}, "f:storage": {}},
+                                             "f:claimRef": {".": {}, "f:apiVersion": {}, "f:kind": {}, "f:name": {}, "f:namespace": {}, "f:uid": {}},
+                                             "f:nfs": {".": {}, "f:path": {}, "f:server": {}},
+                                             "f:persistentVolumeReclaimPolicy": {}, "f:storageClassName": {}, "f:volumeMode": {}}}},
+                    {"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                     "time": "2025-03-02T10:00:02Z", "fieldsType": "FieldsV1", "subresource": "status",
+                     "fieldsV1": {"f:status": {"f:phase": {}}}}
+                ]
+            },
+            "spec": {
+                "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"},
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
+                             "name": gone_claim, "uid": format!("{i:08x}-4444-4444-8444-{:012x}", i * 13), "resourceVersion": "1"},
+                "nfs": {"server": "nfs.example.test", "path": format!("/exports/{directory}")},
+                "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "nfs-bench-existing",
+                "volumeMode": "Filesystem"
+            },
+            "status": {"phase": "Released"}
+        }));
+        claims.push(json!({
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {
+                "name": format!("data-{i:06}"), "namespace": ns,
+                "uid": format!("{i:08x}-5555-4555-8555-{:012x}", i * 17),
+                "resourceVersion": "1", "creationTimestamp": "2025-03-01T10:00:00Z",
+                "labels": {"app": format!("app-{}", i % 97), EXISTING_LABEL: tag},
+                "finalizers": ["kubernetes.io/pvc-protection"]
+            },
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
+                     "storageClassName": "", "volumeMode": "Filesystem",
+                     "volumeName": format!("elsewhere-{i:06}")},
+            "status": {"phase": "Pending"}
+        }));
+    }
+    (claims, volumes)
+}
+
+/// Creates the existing volumes and claims on a real cluster (those already there from an
+/// earlier run of the same provisioner name count), then waits until kube-controller-manager
+/// has marked every volume Released.
+async fn seed_real_cluster(t: &Target, n: usize, concurrency: usize) -> Result<(), BoxError> {
+    let selector = format!(
+        "{EXISTING_LABEL}={}",
+        existing_label_value(&t.provisioner_name)
+    );
+    let pvs: Api<PersistentVolume> = Api::all(t.client.clone());
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(t.client.clone(), EXISTING_NAMESPACE);
+    let count = |released_only: bool| {
+        let pvs = pvs.clone();
+        let selector = selector.clone();
+        async move {
+            let mut lp = kube::api::ListParams::default()
+                .labels(&selector)
+                .limit(500);
+            let mut total = 0;
+            loop {
+                let page = pvs.list(&lp).await?;
+                total += page
+                    .items
+                    .iter()
+                    .filter(|pv| {
+                        !released_only
+                            || pv.status.as_ref().and_then(|s| s.phase.as_deref())
+                                == Some("Released")
+                    })
+                    .count();
+                match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                    Some(c) => lp = lp.continue_token(&c),
+                    None => return Ok::<usize, kube::Error>(total),
+                }
+            }
+        }
+    };
+    let started = Instant::now();
+    let present = count(false).await?;
+    if present < n {
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(EXISTING_NAMESPACE.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match Api::<Namespace>::all(t.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let (claim_objects, volume_objects) = existing_objects(n, &t.provisioner_name);
+        let strip = |mut v: Value| {
+            // What the API server sets itself.
+            let meta = v["metadata"].as_object_mut().expect("metadata");
+            for field in [
+                "uid",
+                "resourceVersion",
+                "creationTimestamp",
+                "managedFields",
+            ] {
+                meta.remove(field);
+            }
+            v.as_object_mut().expect("object").remove("status");
+            v
+        };
+        let created = Arc::new(AtomicU64::new(0));
+        let creations = volume_objects
+            .into_iter()
+            .map(|v| Either::Volume(strip(v)))
+            .chain(claim_objects.into_iter().map(|c| Either::Claim(strip(c))));
+        futures::stream::iter(creations)
+            .map(|object| {
+                let (pvs, claims, created) = (pvs.clone(), claims.clone(), created.clone());
+                async move {
+                    let result = match object {
+                        Either::Volume(v) => pvs
+                            .create(&PostParams::default(), &serde_json::from_value(v)?)
+                            .await
+                            .map(|_| ()),
+                        Either::Claim(c) => claims
+                            .create(&PostParams::default(), &serde_json::from_value(c)?)
+                            .await
+                            .map(|_| ()),
+                    };
+                    let done = created.fetch_add(1, Ordering::Relaxed) + 1;
+                    if done % 10_000 == 0 {
+                        eprintln!("  ... seeded {done} objects");
+                    }
+                    match result {
+                        Ok(()) => Ok(()),
+                        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+                        Err(e) => Err(BoxError::from(e)),
+                    }
+                }
+            })
+            .buffer_unordered(concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        println!(
+            "seeded {n} volumes and {n} claims on the cluster in {:.1} s ({present} volumes were there)",
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        println!("{present} seeded volumes of this provisioner name already on the cluster");
+    }
+    let waiting = Instant::now();
+    loop {
+        let released = count(true).await?;
+        if released >= n {
+            break;
+        }
+        if waiting.elapsed() > Duration::from_secs(1800) {
+            return Err(format!("only {released}/{n} seeded volumes Released after 30 min").into());
+        }
+        eprintln!("  ... {released}/{n} seeded volumes Released");
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+    println!(
+        "all {n} seeded volumes Released after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+enum Either {
+    Volume(Value),
+    Claim(Value),
+}
+
+/// The floor (`--floor`): creates one PV per pending claim of the bench's class and deletes a
+/// Released PV it created, with nfs-provisioner's default client limits. No events, no
+/// finalizer, no directory, no cache beyond the two sets below.
+struct Floor {
+    ready: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Floor {
+    fn start(t: &Target) -> Result<Floor, BoxError> {
+        let client = kube::client::ClientBuilder::try_from(t.provisioner_config.clone())?
+            .with_layer(&nfs_provisioner::kube_client::request_limits(200.0, 400))
+            .build();
+        let synced = Arc::new(AtomicU64::new(0));
+        let ready = Arc::new(AtomicBool::new(false));
+        let mark_synced = {
+            let (synced, ready) = (synced.clone(), ready.clone());
+            move || {
+                if synced.fetch_add(1, Ordering::Relaxed) + 1 == 2 {
+                    ready.store(true, Ordering::Relaxed);
+                }
+            }
+        };
+        let mut tasks = Vec::new();
+
+        let (c, class, name, synced) = (
+            client.clone(),
+            t.class.clone(),
+            t.provisioner_name.clone(),
+            mark_synced.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let pvs: Api<PersistentVolume> = Api::all(c.clone());
+            let mut created: HashSet<String> = HashSet::new();
+            let stream = watcher(
+                Api::<PersistentVolumeClaim>::all(c),
+                watcher::Config::default(),
+            );
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                let claim = match ev {
+                    Ok(watcher::Event::InitDone) => {
+                        synced();
+                        continue;
+                    }
+                    Ok(watcher::Event::Apply(c) | watcher::Event::InitApply(c)) => c,
+                    _ => continue,
+                };
+                let spec = claim.spec.clone().unwrap_or_default();
+                if spec.storage_class_name.as_deref() != Some(class.as_str())
+                    || spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
+                    || claim.metadata.deletion_timestamp.is_some()
+                {
+                    continue;
+                }
+                let uid = claim.uid().unwrap_or_default();
+                if !created.insert(uid.clone()) {
+                    continue;
+                }
+                let pv: PersistentVolume = serde_json::from_value(json!({
+                    "metadata": {"name": format!("pvc-{uid}"),
+                                 "annotations": {"pv.kubernetes.io/provisioned-by": name}},
+                    "spec": {
+                        "accessModes": spec.access_modes,
+                        "capacity": {"storage": spec.resources.and_then(|r| r.requests)
+                            .and_then(|r| r.get("storage").cloned()).unwrap_or(Quantity("1Mi".into()))},
+                        "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+                                     "namespace": claim.namespace(), "name": claim.name_any(), "uid": uid},
+                        "nfs": {"server": "nfs.example.test", "path": format!("/exports/{uid}")},
+                        "persistentVolumeReclaimPolicy": "Delete", "storageClassName": class,
+                        "volumeMode": "Filesystem"
+                    }
+                }))
+                .expect("PV");
+                let pvs = pvs.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        match pvs.create(&PostParams::default(), &pv).await {
+                            Ok(_) => return,
+                            Err(kube::Error::Api(s)) if s.code == 409 => return,
+                            Err(e) => eprintln!("floor: creating a PV failed: {e}"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            }
+        }));
+
+        let (c, name) = (client, t.provisioner_name.clone());
+        tasks.push(tokio::spawn(async move {
+            let pvs: Api<PersistentVolume> = Api::all(c);
+            let mut deleted: HashSet<String> = HashSet::new();
+            let stream = watcher(pvs.clone(), watcher::Config::default());
+            let mut stream = std::pin::pin!(stream);
+            while let Some(ev) = stream.next().await {
+                let pv = match ev {
+                    Ok(watcher::Event::InitDone) => {
+                        mark_synced();
+                        continue;
+                    }
+                    Ok(watcher::Event::Apply(pv) | watcher::Event::InitApply(pv)) => pv,
+                    _ => continue,
+                };
+                let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by") == Some(&name);
+                let released =
+                    pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
+                if !ours || !released || !deleted.insert(pv.name_any()) {
+                    continue;
+                }
+                let pvs = pvs.clone();
+                tokio::spawn(async move {
+                    for _ in 0..10 {
+                        match pvs.delete(&pv.name_any(), &DeleteParams::default()).await {
+                            Ok(_) => return,
+                            Err(kube::Error::Api(s)) if s.code == 404 => return,
+                            Err(e) => eprintln!("floor: deleting a PV failed: {e}"),
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                });
+            }
+        }));
+        Ok(Floor { ready, tasks })
+    }
+
+    fn stop(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Waits until the process used under 2 % of a core over the last second (at most `limit`);
+/// returns how long that took.
+async fn settle(pid: u32, limit: Duration) -> Duration {
+    let started = Instant::now();
+    if pid == 0 {
+        return Duration::ZERO;
+    }
+    let mut last = cpu_seconds(pid).unwrap_or(0.0);
+    while started.elapsed() < limit {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = cpu_seconds(pid).unwrap_or(0.0);
+        if now - last < 0.02 {
+            break;
+        }
+        last = now;
+    }
+    started.elapsed()
+}
+
+struct ResyncCost {
+    /// CPU seconds of the resync: measured minus what idling costs over the same time.
+    cpu: f64,
+    raw_cpu: f64,
+    window: Duration,
+    idle_rate: f64,
+    rss_before_kb: u64,
+    rss_after_kb: u64,
+}
+
+/// The CPU of the first periodic resync, which starts `period` after the term began (at
+/// `ready_at`, give or take the 500 ms the bench waits): idle CPU is measured from now until
+/// a second before it, then the process is watched from there until it is idle again.
+async fn measure_resync(
+    pid: u32,
+    ready_at: Instant,
+    period: Duration,
+) -> Result<ResyncCost, BoxError> {
+    let before = ready_at + period - Duration::from_secs(1);
+    let idle_from = Instant::now();
+    if idle_from + Duration::from_secs(2) > before {
+        return Err(format!(
+            "--resync-period {} s is too short: the provisioner settled only {} after it was ready",
+            period.as_secs(),
+            ms(idle_from - ready_at)
+        )
+        .into());
+    }
+    let idle_cpu_from = cpu_seconds(pid).unwrap_or(0.0);
+    tokio::time::sleep_until(before.into()).await;
+    let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
+    let idle_rate = (cpu_before - idle_cpu_from) / (before - idle_from).as_secs_f64();
+    let rss_before_kb = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    // At least past the resync's start, then until idle again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    settle(pid, Duration::from_secs(300)).await;
+    let window = before.elapsed();
+    let raw_cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
+    Ok(ResyncCost {
+        cpu: raw_cpu - idle_rate * window.as_secs_f64(),
+        raw_cpu,
+        window,
+        idle_rate,
+        rss_before_kb,
+        rss_after_kb: proc_status_kb(pid, "VmRSS:").unwrap_or(0),
+    })
+}
+
+/// Samples RSS every second for `period`: first, last and highest reading.
+async fn sample_idle(pid: u32, period: Duration) -> (u64, u64, u64) {
+    let until = Instant::now() + period;
+    let first = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+    let (mut last, mut max) = (first, first);
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        last = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+        max = max.max(last);
+    }
+    (first, last, max)
 }
