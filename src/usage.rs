@@ -134,18 +134,14 @@ pub fn volume_ref(
 
 /// Every measurable volume of `export` in the controller's cache.
 pub fn from_cache(ctx: &Context, export: &NfsPlugin) -> Vec<VolumeRef> {
-    ctx.volumes
-        .state()
-        .iter()
-        .filter_map(|pv| {
-            volume_ref(
-                pv,
-                ctx.selection.provisioner_name(),
-                export.nfs_server(),
-                export.export_path(),
-            )
-        })
-        .collect()
+    ctx.volumes.filter_map(|pv| {
+        volume_ref(
+            &pv,
+            ctx.selection.provisioner_name(),
+            export.nfs_server(),
+            export.export_path(),
+        )
+    })
 }
 
 /// Whether a volume holds more than its request, as last reported.

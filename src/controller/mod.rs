@@ -24,6 +24,7 @@ mod provision;
 pub mod queue;
 mod reclaim;
 pub mod selection;
+mod volume_cache;
 mod watches;
 mod workers;
 
@@ -47,6 +48,7 @@ pub use error::{Error, Result};
 pub use events::EventPublisher;
 use queue::WorkQueue;
 use selection::{Ownership, Selection, claim_may_need_a_volume, class_name_of};
+pub use volume_cache::VolumeCache;
 use watches::Watches;
 
 /// What a successful attempt asks for next.
@@ -70,7 +72,7 @@ pub struct Context {
     /// The NFS exports served, one plugin each.
     pub exports: Exports,
     pub claims: Store<Claim>,
-    pub volumes: Store<Volume>,
+    pub volumes: Arc<VolumeCache>,
     pub classes: Store<Class>,
     /// Path component → cached volumes whose path has it (overlapping-directory check).
     pub directories: Arc<DirectoryIndex>,
@@ -314,10 +316,11 @@ fn enqueue_all(ctx: &Context, queue: &WorkQueue<WorkItem>) {
             queue.add(WorkItem::Claim(ObjectRef::from_obj(&*claim)));
         }
     }
-    for pv in ctx.volumes.state() {
-        if ctx.selection.ownership(&pv) != Ownership::Foreign {
-            queue.add(WorkItem::Volume(ObjectRef::from_obj(&*pv)));
-        }
+    let ours = ctx.volumes.filter_map(|pv| {
+        (ctx.selection.ownership(&pv) != Ownership::Foreign).then(|| ObjectRef::from_obj(&pv))
+    });
+    for key in ours {
+        queue.add(WorkItem::Volume(key));
     }
 }
 
