@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::admin::{self, Readiness};
 use crate::config::Settings;
@@ -82,7 +82,7 @@ pub async fn run_observed(
     instrumentation: Instrumentation,
     observe: impl FnOnce(Observers),
 ) -> Result<(), StartError> {
-    let client = clients.work;
+    let client = clients.work.clone();
     let metrics = Metrics::new();
     let readiness = Arc::new(Readiness::default());
 
@@ -156,8 +156,10 @@ pub async fn run_observed(
 
     let servers: Vec<&str> = settings.exports.iter().map(|e| e.server.as_str()).collect();
     let selection = Selection::new(&settings.provisioner_name, &servers);
-    let events = EventPublisher::new(
-        client.clone(),
+    // Events have a client of their own that gives way to `client` (see `EventPublisher`).
+    let events = EventPublisher::yielding_to(
+        clients.events.clone(),
+        clients.work_load.clone(),
         &settings.provisioner_name,
         &settings.identity,
         metrics.clone(),
@@ -166,7 +168,7 @@ pub async fn run_observed(
         client,
         selection,
         Exports::new(plugins),
-        events,
+        events.clone(),
         metrics.clone(),
         readiness.clone(),
         ControllerSettings {
@@ -212,6 +214,11 @@ pub async fn run_observed(
     });
 
     controller.run(leading, shutdown).await;
+    // Events still queued are written before the process goes (within the shutdown grace).
+    let unwritten = events.flush(settings.shutdown_grace).await;
+    if unwritten > 0 {
+        warn!(unwritten, "Events not written within the shutdown grace");
+    }
 
     // The controller's work is done; give up the Lease, then stop the rest.
     elector_stop.cancel();

@@ -34,27 +34,68 @@ struct Bucket {
     burst: f64,
     tokens: f64,
     last: Instant,
+    /// A request that cannot wait (see [`Priority`]) is waiting for a token due by then
+    /// (a deadline rather than a flag: a waiter that gives up does not block others forever).
+    urgent_until: Option<Instant>,
 }
 
 impl Bucket {
-    /// Takes one token, or says how long until one is available.
-    fn take(&mut self) -> Option<Duration> {
+    fn refill(&mut self) {
         let now = Instant::now();
         let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.qps;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
+    }
+
+    /// Takes one token, or says how long until one is available.
+    fn take(&mut self) -> Option<Duration> {
+        self.refill();
         if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.urgent_until = None;
+            None
+        } else {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / self.qps);
+            self.urgent_until = Some(Instant::now() + wait + URGENT_GRACE);
+            Some(wait)
+        }
+    }
+
+    fn urgent_waiting(&self) -> bool {
+        self.urgent_until
+            .is_some_and(|until| Instant::now() <= until)
+    }
+
+    /// Takes one token for a request that can wait: never while one that cannot is waiting
+    /// for it.
+    fn take_if_unwanted(&mut self) -> Option<Duration> {
+        self.refill();
+        if self.tokens >= 1.0 && !self.urgent_waiting() {
             self.tokens -= 1.0;
             None
         } else {
-            Some(Duration::from_secs_f64((1.0 - self.tokens) / self.qps))
+            Some(Duration::from_secs_f64(
+                (1.0 - self.tokens).max(0.25) / self.qps,
+            ))
         }
     }
+}
+
+/// How long past its due time a waiting request still counts as waiting.
+const URGENT_GRACE: Duration = Duration::from_millis(50);
+
+/// Which requests give way: background writes (Events) take a token only when no other
+/// request is waiting for one (see [`WorkLoad`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    Work,
+    Background,
 }
 
 #[derive(Clone)]
 pub struct RateLimitLayer {
     bucket: Arc<Mutex<Bucket>>,
+    priority: Priority,
 }
 
 impl RateLimitLayer {
@@ -66,7 +107,17 @@ impl RateLimitLayer {
                 burst,
                 tokens: burst,
                 last: Instant::now(),
+                urgent_until: None,
             })),
+            priority: Priority::Work,
+        }
+    }
+
+    /// The same bucket, for requests of `priority`.
+    pub fn with_priority(&self, priority: Priority) -> Self {
+        Self {
+            bucket: self.bucket.clone(),
+            priority,
         }
     }
 }
@@ -77,6 +128,7 @@ impl<S> Layer<S> for RateLimitLayer {
         RateLimit {
             inner,
             bucket: self.bucket.clone(),
+            priority: self.priority,
             wait: None,
             permitted: false,
         }
@@ -87,6 +139,7 @@ impl<S> Layer<S> for RateLimitLayer {
 pub struct RateLimit<S> {
     inner: S,
     bucket: Arc<Mutex<Bucket>>,
+    priority: Priority,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
     permitted: bool,
 }
@@ -107,7 +160,12 @@ where
                 }
                 self.wait = None;
             }
-            let delay = self.bucket.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let mut bucket = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
+            let delay = match self.priority {
+                Priority::Work => bucket.take(),
+                Priority::Background => bucket.take_if_unwanted(),
+            };
+            drop(bucket);
             match delay {
                 None => self.permitted = true,
                 Some(d) => self.wait = Some(Box::pin(tokio::time::sleep(d))),
@@ -142,16 +200,100 @@ pub fn request_limits(
     qps: f64,
     burst: u32,
 ) -> ServiceBuilder<Stack<RateLimitLayer, Stack<ConcurrencyLimitLayer, Identity>>> {
+    limits_with(RateLimitLayer::new(qps, burst))
+}
+
+fn limits_with(
+    rate: RateLimitLayer,
+) -> ServiceBuilder<Stack<RateLimitLayer, Stack<ConcurrencyLimitLayer, Identity>>> {
     ServiceBuilder::new()
         .concurrency_limit(MAX_REQUESTS_IN_FLIGHT)
-        .layer(RateLimitLayer::new(qps, burst))
+        .layer(rate)
 }
+
+/// Whether the work client is busy: requests of it in flight (until their response headers
+/// arrive), or one waiting for a token. Background writes wait until it is not (see
+/// `crate::controller::EventPublisher`).
+#[derive(Clone, Default)]
+pub struct WorkLoad {
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    bucket: Option<Arc<Mutex<Bucket>>>,
+}
+
+impl WorkLoad {
+    pub fn is_idle(&self) -> bool {
+        self.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && !self
+                .bucket
+                .as_ref()
+                .is_some_and(|b| b.lock().unwrap_or_else(|p| p.into_inner()).urgent_waiting())
+    }
+}
+
+impl<S> Layer<S> for WorkLoad {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Counted {
+            inner,
+            in_flight: self.in_flight.clone(),
+        }
+    }
+}
+
+/// Counts the requests in flight through it (see [`WorkLoad`]).
+pub struct Counted<S> {
+    inner: S,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+struct InFlight(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl<S, Req> Service<Req> for Counted<S>
+where
+    S: Service<Req>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let counted = InFlight(self.in_flight.clone());
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let _counted = counted;
+            response.await
+        })
+    }
+}
+
+/// At most this many Events are written at once: one, so they reach the API server in the
+/// order they were published.
+const EVENT_REQUESTS_IN_FLIGHT: usize = 1;
 
 /// The API clients of one process.
 #[derive(Clone)]
 pub struct Clients {
-    /// Watches, provisioning, reclaim and events: every request passes [`request_limits`].
+    /// Watches, provisioning and reclaim: every request passes [`request_limits`].
     pub work: Client,
+    /// Events: the same token bucket as `work`, but a token only when no work request is
+    /// waiting for one, and connections of their own, so a backlog of Events never delays a
+    /// PV create.
+    pub events: Client,
+    /// How busy `work` is, for the Event writer.
+    pub work_load: WorkLoad,
     /// Leader election only, with its own connections and a small bucket of its own: a lease
     /// renewal must not queue behind a burst of work (hundreds of requests waiting for
     /// tokens), or a busy leader would lose its lease.
@@ -170,11 +312,25 @@ pub fn build_clients(config: Config, qps: f64, burst: u32) -> Result<Clients, ku
             LEADER_ELECTION_BURST,
         ))
         .build();
-    let work = ClientBuilder::try_from(config)?
-        .with_layer(&request_limits(qps, burst))
+    let rate = RateLimitLayer::new(qps, burst);
+    let work_load = WorkLoad {
+        in_flight: Default::default(),
+        bucket: Some(rate.bucket.clone()),
+    };
+    let work = ClientBuilder::try_from(config.clone())?
+        .with_layer(&limits_with(rate.clone()).layer(work_load.clone()))
+        .build();
+    let events = ClientBuilder::try_from(config)?
+        .with_layer(
+            &ServiceBuilder::new()
+                .concurrency_limit(EVENT_REQUESTS_IN_FLIGHT)
+                .layer(rate.with_priority(Priority::Background)),
+        )
         .build();
     Ok(Clients {
         work,
+        events,
+        work_load,
         leader_election,
     })
 }

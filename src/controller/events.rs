@@ -10,6 +10,7 @@ use kube::runtime::events::{EventType, Reporter};
 use kube::{Api, Client, Resource};
 use tracing::warn;
 
+use crate::kube_client::WorkLoad;
 use crate::objects::{Claim, Volume};
 
 use crate::metrics::Metrics;
@@ -65,66 +66,253 @@ struct Series {
     last: std::time::Instant,
 }
 
+/// Events waiting to be written, at most this many; beyond it publishing waits (an Event is
+/// never dropped) unless it repeats one already waiting, which it is folded into.
+const QUEUE_CAPACITY: usize = 4096;
+
+/// How long an Event waits for the work client to be idle before it is written anyway.
+const MAX_DEFERRAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How often the writer looks whether the work client became idle.
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// One Event to write.
+struct Pending {
+    reference: ObjectReference,
+    warning: bool,
+    reason: String,
+    note: String,
+    /// Folded with earlier identical Events into one Event with a series count; one-off
+    /// Events (`ProvisioningSucceeded`) are not.
+    series: bool,
+    /// Identical Events folded into this one while it waited.
+    repeats: i32,
+    queued: std::time::Instant,
+}
+
+impl Pending {
+    fn repeats(&self, other: &Pending) -> bool {
+        self.series
+            && other.series
+            && self.warning == other.warning
+            && self.reason == other.reason
+            && self.note == other.note
+            && self.reference.uid == other.reference.uid
+            && self.reference.name == other.reference.name
+            && self.reference.namespace == other.reference.namespace
+    }
+}
+
+#[derive(Default)]
+struct Queue {
+    pending: std::collections::VecDeque<Pending>,
+    /// The writer holds one it took from `pending`.
+    writing: bool,
+}
+
+#[derive(Default)]
+struct Shared {
+    queue: std::sync::Mutex<Queue>,
+    /// Something was queued, taken or written.
+    changed: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Writes Events. Hand-written instead of kube's `Recorder`, which puts Events about
 /// cluster-scoped objects in `default`, a namespace v1.19 refuses them in. Warnings fold
 /// repeats (a claim failing again and again) into one Event with a growing series count, as
 /// client-go does; one-off success events skip that cache, so a burst of thousands of claims
 /// does not grow it.
+///
+/// Publishing queues the Event and returns; one writer task writes them in the order they
+/// were published, one at a time, and only while the work client is idle (no request in
+/// flight or waiting for a token; see [`crate::kube_client::WorkLoad`]) or once an Event
+/// waited [`MAX_DEFERRAL`]: a PV create never queues behind Events, which only people read.
 #[derive(Clone)]
 pub struct EventPublisher {
     client: Client,
     reporter: Reporter,
     metrics: Metrics,
     series: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<SeriesKey, Series>>>,
+    shared: std::sync::Arc<Shared>,
+    load: WorkLoad,
 }
 
 impl EventPublisher {
+    /// Writes with `client`, without waiting for any other client.
     pub fn new(client: Client, provisioner_name: &str, identity: &str, metrics: Metrics) -> Self {
+        Self::yielding_to(
+            client,
+            WorkLoad::default(),
+            provisioner_name,
+            identity,
+            metrics,
+        )
+    }
+
+    /// Writes with `client` whenever `load` is idle. Starts the writer task.
+    pub fn yielding_to(
+        client: Client,
+        load: WorkLoad,
+        provisioner_name: &str,
+        identity: &str,
+        metrics: Metrics,
+    ) -> Self {
         let reporter = Reporter {
             controller: provisioner_name.to_string(),
             instance: Some(identity.to_string()),
         };
-        Self {
+        let publisher = Self {
             client,
             reporter,
             metrics,
             series: Default::default(),
-        }
+            shared: Default::default(),
+            load,
+        };
+        tokio::spawn(publisher.clone().write_queued());
+        publisher
     }
 
     pub async fn on_claim(&self, claim: &Claim, kind: EventType, reason: &str, note: String) {
-        self.publish(claim.object_ref(&()), kind, reason, note)
+        self.publish(claim.object_ref(&()), kind, reason, note, true)
             .await;
     }
 
     pub async fn on_volume(&self, pv: &Volume, kind: EventType, reason: &str, note: String) {
-        self.publish(pv.object_ref(&()), kind, reason, note).await;
+        self.publish(pv.object_ref(&()), kind, reason, note, true)
+            .await;
     }
 
     /// A Normal `ProvisioningSucceeded`-style event that happens once per object: written
-    /// directly, without the series cache. Events are for people; failing to write one
-    /// never fails the operation.
+    /// without the series cache. Events are for people; failing to write one never fails
+    /// the operation.
     pub async fn success_on_claim(&self, claim: &Claim, reason: &str, note: String) {
-        let reference = claim.object_ref(&());
-        let event = self.event(&reference, "Normal", reason, note);
-        if let Err(e) = self.create(&event).await {
-            self.failed(&reference, reason, &e);
-        }
+        self.publish(
+            claim.object_ref(&()),
+            EventType::Normal,
+            reason,
+            note,
+            false,
+        )
+        .await;
     }
 
-    /// Events are for people; failing to write one never fails the operation.
+    /// Queues an Event (waits only while [`QUEUE_CAPACITY`] Events are already waiting).
     async fn publish(
         &self,
         reference: ObjectReference,
         type_: EventType,
         reason: &str,
         note: String,
+        series: bool,
     ) {
-        let warning = matches!(type_, EventType::Warning);
-        let note = truncate(note, 1024);
+        let event = Pending {
+            reference,
+            warning: matches!(type_, EventType::Warning),
+            reason: reason.to_string(),
+            note: truncate(note, 1024),
+            series,
+            repeats: 1,
+            queued: std::time::Instant::now(),
+        };
+        loop {
+            let changed = self.shared.changed.notified();
+            {
+                let mut queue = self.shared.lock();
+                if let Some(waiting) = queue.pending.iter_mut().find(|p| p.repeats(&event)) {
+                    waiting.repeats += 1;
+                    return;
+                }
+                if queue.pending.len() < QUEUE_CAPACITY {
+                    queue.pending.push_back(event);
+                    drop(queue);
+                    self.shared.changed.notify_waiters();
+                    return;
+                }
+            }
+            changed.await;
+        }
+    }
+
+    /// Waits until every queued Event was written, at most `within`; returns how many were
+    /// left unwritten.
+    pub async fn flush(&self, within: std::time::Duration) -> usize {
+        let written = async {
+            loop {
+                let changed = self.shared.changed.notified();
+                {
+                    let queue = self.shared.lock();
+                    if queue.pending.is_empty() && !queue.writing {
+                        return;
+                    }
+                }
+                changed.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, written).await;
+        let queue = self.shared.lock();
+        queue.pending.len() + usize::from(queue.writing)
+    }
+
+    /// The writer: takes queued Events in order and writes each one once the work client is
+    /// idle (or the Event waited long enough).
+    async fn write_queued(self) {
+        loop {
+            let queued = loop {
+                let changed = self.shared.changed.notified();
+                if let Some(front) = self.shared.lock().pending.front() {
+                    break front.queued;
+                }
+                changed.await;
+            };
+            let deadline = queued + MAX_DEFERRAL;
+            while !self.load.is_idle() && std::time::Instant::now() < deadline {
+                tokio::time::sleep(IDLE_POLL).await;
+            }
+            let next = {
+                let mut queue = self.shared.lock();
+                let next = queue.pending.pop_front();
+                queue.writing = next.is_some();
+                next
+            };
+            self.shared.changed.notify_waiters();
+            if let Some(event) = next {
+                self.write(event).await;
+            }
+            self.shared.lock().writing = false;
+            self.shared.changed.notify_waiters();
+        }
+    }
+
+    /// Writes one Event: a new one, or (a repeat of a warning written within [`SERIES_TTL`])
+    /// the series count of the one written before. Failures are counted and logged.
+    async fn write(&self, event: Pending) {
+        let Pending {
+            reference,
+            warning,
+            reason,
+            note,
+            series,
+            repeats,
+            ..
+        } = event;
+        let type_ = if warning { "Warning" } else { "Normal" };
+        if !series {
+            let event = self.event(&reference, type_, &reason, note);
+            if let Err(e) = self.create(&event).await {
+                self.failed(&reference, &reason, &e);
+            }
+            return;
+        }
         let key = SeriesKey {
             warning,
-            reason: reason.to_string(),
+            reason: reason.clone(),
             note: note.clone(),
             regarding_uid: reference.uid.clone().unwrap_or_default(),
             regarding_name: reference.name.clone().unwrap_or_default(),
@@ -134,42 +322,55 @@ impl EventPublisher {
             let mut series = self.series.lock().expect("event series lock");
             series.retain(|_, s| s.last.elapsed() < SERIES_TTL);
             series.get_mut(&key).map(|s| {
-                s.count += 1;
+                s.count += repeats;
                 s.last = std::time::Instant::now();
                 (s.namespace.clone(), s.name.clone(), s.count)
             })
         };
         let result = match repeat {
-            Some((namespace, name, count)) => {
-                let patch = serde_json::json!({
-                    "series": {"count": count, "lastObservedTime": MicroTime(Timestamp::now())},
-                });
-                Api::<K8sEvent>::namespaced(self.client.clone(), &namespace)
-                    .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                    .map(|_| ())
-            }
+            Some((namespace, name, count)) => self.patch_count(&namespace, &name, count).await,
             None => {
-                let type_ = if warning { "Warning" } else { "Normal" };
-                let event = self.event(&reference, type_, reason, note);
-                let created = self.create(&event).await;
-                if created.is_ok() {
+                let event = self.event(&reference, type_, &reason, note);
+                let (namespace, name) = (
+                    event.metadata.namespace.clone().unwrap_or_default(),
+                    event.metadata.name.clone().unwrap_or_default(),
+                );
+                let mut result = self.create(&event).await;
+                if result.is_ok() && repeats > 1 {
+                    result = self.patch_count(&namespace, &name, repeats).await;
+                }
+                if result.is_ok() {
                     self.series.lock().expect("event series lock").insert(
                         key,
                         Series {
-                            namespace: event.metadata.namespace.clone().unwrap_or_default(),
-                            name: event.metadata.name.clone().unwrap_or_default(),
-                            count: 1,
+                            namespace,
+                            name,
+                            count: repeats,
                             last: std::time::Instant::now(),
                         },
                     );
                 }
-                created
+                result
             }
         };
         if let Err(e) = result {
-            self.failed(&reference, reason, &e);
+            self.failed(&reference, &reason, &e);
         }
+    }
+
+    async fn patch_count(
+        &self,
+        namespace: &str,
+        name: &str,
+        count: i32,
+    ) -> Result<(), kube::Error> {
+        let patch = serde_json::json!({
+            "series": {"count": count, "lastObservedTime": MicroTime(Timestamp::now())},
+        });
+        Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map(|_| ())
     }
 
     fn event(
