@@ -1305,8 +1305,8 @@ enum Either {
     Claim(Value),
 }
 
-/// The floor (`--floor`): creates one PV per pending claim of the bench's class and deletes a
-/// Released PV it created, with nfs-provisioner's default client limits. No events, no
+/// The floor (`--floor`): creates one PV per pending claim of the bench's class once
+/// kube-controller-manager handed it over, and deletes a Released PV it created, with nfs-provisioner's default client limits. No events, no
 /// finalizer, no directory, no cache beyond the two sets below.
 struct Floor {
     ready: Arc<AtomicBool>,
@@ -1354,7 +1354,16 @@ impl Floor {
                     _ => continue,
                 };
                 let spec = claim.spec.clone().unwrap_or_default();
-                if spec.storage_class_name.as_deref() != Some(class.as_str())
+                // Like any external provisioner, it waits until kube-controller-manager has
+                // handed the claim to it (either storage-provisioner annotation).
+                let handed_over = [
+                    "volume.kubernetes.io/storage-provisioner",
+                    "volume.beta.kubernetes.io/storage-provisioner",
+                ]
+                .iter()
+                .any(|a| claim.annotations().get(*a) == Some(&name));
+                if !handed_over
+                    || spec.storage_class_name.as_deref() != Some(class.as_str())
                     || spec.volume_name.as_deref().is_some_and(|v| !v.is_empty())
                     || claim.metadata.deletion_timestamp.is_some()
                 {
