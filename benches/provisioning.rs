@@ -89,6 +89,10 @@ struct Args {
     /// Skip the burst: stop after the idle and resync measurements.
     #[arg(long)]
     no_burst: bool,
+    /// Do not delete the claims after the burst (on a real cluster the namespace is still
+    /// deleted at the end, with the provisioner stopped: its PVs stay, Released).
+    #[arg(long)]
+    skip_delete: bool,
     /// Run against the cluster of this kubeconfig instead of the fake API server.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -755,7 +759,12 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
     // Delete all claims; wait until every PV of ours is gone.
     let wall_delete = SystemTime::now();
     let delete_start = Instant::now();
-    futures::stream::iter(names.iter().cloned())
+    let to_delete = if args.skip_delete {
+        &[][..]
+    } else {
+        &names[..]
+    };
+    futures::stream::iter(to_delete.iter().cloned())
         .map(|name| {
             let claims = claims.clone();
             async move {
@@ -769,7 +778,11 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
         .buffer_unordered(args.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
-    let pvs_expected = observed.lock().unwrap().pvs.len();
+    let pvs_expected = if args.skip_delete {
+        0
+    } else {
+        observed.lock().unwrap().pvs.len()
+    };
     let count_gone = || {
         let o = observed.lock().unwrap();
         (
@@ -1402,7 +1415,7 @@ impl Floor {
             }
         }));
 
-        let (c, name) = (client, t.provisioner_name.clone());
+        let (c, name, namespace) = (client, t.provisioner_name.clone(), t.namespace.clone());
         tasks.push(tokio::spawn(async move {
             let pvs: Api<PersistentVolume> = Api::all(c);
             let mut deleted: HashSet<String> = HashSet::new();
@@ -1417,7 +1430,14 @@ impl Floor {
                     Ok(watcher::Event::Apply(pv) | watcher::Event::InitApply(pv)) => pv,
                     _ => continue,
                 };
-                let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by") == Some(&name);
+                // Only the PVs it made for the bench's claims (not the seeded volumes).
+                let ours = pv.annotations().get("pv.kubernetes.io/provisioned-by") == Some(&name)
+                    && pv
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.claim_ref.as_ref())
+                        .and_then(|r| r.namespace.as_deref())
+                        == Some(namespace.as_str());
                 let released =
                     pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released");
                 if !ours || !released || !deleted.insert(pv.name_any()) {
