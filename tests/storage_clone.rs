@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{Gate, World};
+use common::{Gate, World, wait_until_no_stuck};
 use nfs_provisioner::parameters::DirectoryPermissions;
 use nfs_provisioner::planning::VolumeDirectory;
 use nfs_provisioner::storage::{
@@ -839,19 +839,6 @@ fn medium_source(world: &World) {
     }
     let big: Vec<u8> = (0..20u32 << 20).map(|i| (i % 253) as u8).collect();
     fs::write(src.join("big"), big).unwrap();
-}
-
-async fn wait_until_no_stuck(root: &NfsRoot) {
-    for _ in 0..500 {
-        if root.stuck_operations() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "stuck operations never returned: {}",
-        root.stuck_operations()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

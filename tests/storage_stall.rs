@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Gate, World};
+use common::{Gate, World, wait_until_no_stuck};
 use nfs_provisioner::parameters::DirectoryPermissions;
 use nfs_provisioner::planning::VolumeDirectory;
 use nfs_provisioner::storage::{
@@ -53,19 +53,6 @@ fn dir(s: &str) -> VolumeDirectory {
 
 fn perms() -> DirectoryPermissions {
     DirectoryPermissions::default()
-}
-
-async fn wait_until_no_stuck(root: &NfsRoot) {
-    for _ in 0..500 {
-        if root.stuck_operations() == 0 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!(
-        "stuck operations never returned: {}",
-        root.stuck_operations()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -268,3 +268,18 @@ impl Gate {
         cvar.notify_all();
     }
 }
+
+/// Waits (up to 10 s) until no operation of `root` is stuck in the kernel: an abandoned
+/// call has returned once its gate opened.
+pub async fn wait_until_no_stuck(root: &nfs_provisioner::storage::NfsRoot) {
+    for _ in 0..500 {
+        if root.stuck_operations() == 0 {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!(
+        "stuck operations never returned: {}",
+        root.stuck_operations()
+    );
+}
