@@ -373,23 +373,7 @@ async fn clones_that_cannot_be_made_are_refused_with_the_reason() {
 async fn the_source_is_kept_while_it_is_copied_and_goes_once_the_copy_is_done() {
     let c = TestCluster::start("clone-protect").await;
     let root = tempfile::tempdir().unwrap();
-    let hold = Arc::new(AtomicBool::new(true));
-    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
-    let held_tx = std::sync::Mutex::new(Some(held_tx));
-    let holding = hold.clone();
-    let instrumentation = nfs_provisioner::app::Instrumentation {
-        nfs_fault_hook: Some(Arc::new(move |op: &str, _path: &str| {
-            if op == "copy" && holding.load(Ordering::SeqCst) {
-                if let Some(tx) = held_tx.lock().unwrap().take() {
-                    let _ = tx.send(());
-                }
-                while holding.load(Ordering::SeqCst) {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
-            }
-        })),
-        ..Default::default()
-    };
+    let (hold, instrumentation) = CopyHold::new(std::time::Duration::ZERO);
     let p = RunningProvisioner::start_instrumented(
         &c.provisioner_options(root.path()),
         c.provisioner_config(),
@@ -409,10 +393,7 @@ async fn the_source_is_kept_while_it_is_copied_and_goes_once_the_copy_is_done() 
     let copy = c
         .create_claim(&clone_of("copy", &class, "source", "1Mi"))
         .await;
-    tokio::task::spawn_blocking(move || held_rx.recv_timeout(std::time::Duration::from_secs(60)))
-        .await
-        .unwrap()
-        .expect("the copy started");
+    hold.wait_held(&c, 1).await;
     let protected = c.claims().get("source").await.unwrap();
     assert!(
         protected
@@ -431,7 +412,7 @@ async fn the_source_is_kept_while_it_is_copied_and_goes_once_the_copy_is_done() 
     assert!(terminating.metadata.deletion_timestamp.is_some());
     c.wait_claim_event("copy", "CloneStarted").await;
 
-    hold.store(false, Ordering::SeqCst);
+    hold.set(false);
     let copy_pv = c.wait_bound("copy").await;
     let path = &copy_pv.spec.as_ref().unwrap().nfs.as_ref().unwrap().path;
     let copy_dir = root
