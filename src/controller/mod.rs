@@ -2,8 +2,8 @@
 //! NFS volume plugin of each export ([`Exports`]); create and delete PV objects, manage finalizers, write events and metrics.
 //!
 //! * [`selection`] — which claims, classes and PVs are ours.
-//! * [`watches`] — the three watches and their caches; [`directory_index`] indexes cached
-//!   PVs by path component.
+//! * [`watches`] — the three watches and their caches; [`volume_cache`] holds the PVs
+//!   compactly and finds those at, above or beneath a directory.
 //! * [`provision`], [`reclaim`] — one reconcile each for a claim and a PV; [`orphans`] — the
 //!   sweep of directories whose claim went away before their PV existed.
 //! * [`queue`], [`workers`] — the work queue and the leader's workers; [`events`].
@@ -14,7 +14,6 @@
 //! system work at the next system call.
 
 pub mod clone;
-mod directory_index;
 mod error;
 mod events;
 pub mod expansion;
@@ -43,7 +42,6 @@ use crate::metrics::Metrics;
 use crate::nfs_plugin::Exports;
 use crate::objects::{Claim, Class, Volume};
 use crate::usage::{self, UsageSettings};
-pub use directory_index::DirectoryIndex;
 pub use error::{Error, Result};
 pub use events::EventPublisher;
 use queue::WorkQueue;
@@ -75,7 +73,6 @@ pub struct Context {
     pub volumes: Arc<VolumeCache>,
     pub classes: Store<Class>,
     /// Path component → cached volumes whose path has it (overlapping-directory check).
-    pub directories: Arc<DirectoryIndex>,
     pub events: EventPublisher,
     pub metrics: Metrics,
     /// Background writes (events) and clone copies; the controller waits for them before it
@@ -149,7 +146,6 @@ impl Controller {
             claims: watches.claims.clone(),
             volumes: watches.volumes.clone(),
             classes: watches.classes.clone(),
-            directories: watches.directories.clone(),
             events,
             metrics,
             tasks,

@@ -1,17 +1,13 @@
 //! The controller's view of the other PVs, which the NFS plugin asks before it deletes or
 //! archives a directory ([`OtherVolumes`]).
 //!
-//! Two sources are asked: the cache (every NFS PV of our server, found through the
-//! [`DirectoryIndex`](super::directory_index::DirectoryIndex) by the directory's
-//! components), and then the API server itself for our PVs of the same directory tree (by
-//! [`LABEL_DIRECTORY_TREE`]), so a PV created a moment ago that the watch has not delivered
-//! yet still counts.
-
-use std::collections::HashSet;
+//! Two sources are asked: the cache (every NFS PV of our server, found by
+//! [`VolumeCache::near`](super::volume_cache::VolumeCache::near)), and then the API server
+//! itself for our PVs of the same directory tree (by [`LABEL_DIRECTORY_TREE`]), so a PV
+//! created a moment ago that the watch has not delivered yet still counts.
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::ListParams;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::Context;
@@ -25,26 +21,15 @@ pub struct ClusterVolumes<'a>(pub &'a Context);
 impl ClusterVolumes<'_> {
     /// A cached PV (other than `me`) whose directory overlaps `dir` of `export`.
     pub fn in_cache(&self, export: &NfsPlugin, me: &str, dir: &VolumeDirectory) -> Option<Overlap> {
-        let ctx = self.0;
-        let mut seen = HashSet::new();
-        for component in dir.components() {
-            for name in ctx.directories.candidates(component) {
-                if !seen.insert(name.clone()) {
-                    continue;
-                }
-                if let Some(other) = ctx.volumes.get(&ObjectRef::new(&name))
-                    && let Some(overlap) = export.overlap_with(
-                        me,
-                        dir,
-                        &other.name_any(),
-                        other.spec.as_ref().and_then(|s| s.nfs.as_ref()),
-                    )
-                {
-                    return Some(overlap);
-                }
-            }
-        }
-        None
+        let path = export.export_path().pv_path(dir);
+        self.0.volumes.near(&path).iter().find_map(|other| {
+            export.overlap_with(
+                me,
+                dir,
+                &other.name_any(),
+                other.spec.as_ref().and_then(|s| s.nfs.as_ref()),
+            )
+        })
     }
 
     /// One of our PVs (other than `me`) whose directory overlaps `dir`, as the API server

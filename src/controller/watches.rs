@@ -13,7 +13,6 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::WorkItem;
-use super::directory_index::DirectoryIndex;
 use super::queue::WorkQueue;
 use super::selection::{Ownership, Selection, claim_may_need_a_volume, class_name_of};
 use super::volume_cache::VolumeCache;
@@ -30,7 +29,6 @@ const WATCH_PAGE_SIZE: u32 = 500;
 pub struct Watches {
     pub claims: Store<Claim>,
     pub volumes: Arc<VolumeCache>,
-    pub directories: Arc<DirectoryIndex>,
     pub classes: Store<Class>,
 }
 
@@ -183,13 +181,11 @@ impl Watches {
         let volumes = Arc::new(VolumeCache::default());
         let cache = volumes.clone();
         let volume_queue = queue.clone();
-        let directories = Arc::new(DirectoryIndex::default());
-        let index = directories.clone();
         let (keep, queued) = (selection.clone(), selection.clone());
         let stream = selective_watch(
             Api::<Volume>::all(client.clone()),
             config.clone(),
-            move |event: &watcher::Event<Volume>| index.apply(&cache, event),
+            move |event: &watcher::Event<Volume>| cache.apply_watcher_event(event),
             move |pv: &mut Volume| keep_volume(pv, &keep),
             move |pv: &Volume| {
                 (queued.ownership(pv) != Ownership::Foreign).then(|| ObjectRef::from_obj(pv))
@@ -241,7 +237,6 @@ impl Watches {
         Self {
             claims,
             volumes,
-            directories,
             classes,
         }
     }
