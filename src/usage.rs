@@ -96,8 +96,10 @@ impl VolumeRef {
     }
 }
 
-/// Where the task gets the volumes to measure from (the controller's cache in production).
-pub type VolumeSource = Arc<dyn Fn() -> Vec<VolumeRef> + Send + Sync>;
+/// Where the task gets the volumes to measure from (the controller's cache in production):
+/// `None` when nothing changed since the last call (so an idle cache of 100 000 volumes is
+/// not decoded every interval).
+pub type VolumeSource = Arc<dyn Fn() -> Option<Vec<VolumeRef>> + Send + Sync>;
 /// Whether the NFS root answered its last probe.
 pub type HealthSource = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -279,10 +281,11 @@ impl UsageMonitor {
     /// Follows the volume list: new volumes are tracked, gone ones forgotten (series removed),
     /// changed ones (capacity after a resize) updated.
     fn refresh(&mut self) {
-        let current: BTreeMap<String, VolumeRef> = (self.volumes)()
-            .into_iter()
-            .map(|v| (v.pv.clone(), v))
-            .collect();
+        let Some(volumes) = (self.volumes)() else {
+            return;
+        };
+        let current: BTreeMap<String, VolumeRef> =
+            volumes.into_iter().map(|v| (v.pv.clone(), v)).collect();
         let metrics = &self.metrics;
         self.tracked.retain(|pv, t| {
             let keep = current.get(pv).is_some_and(|v| {
@@ -552,7 +555,7 @@ mod tests {
             root,
             metrics.usage,
             events,
-            Arc::new(move || volumes.lock().unwrap().clone()),
+            Arc::new(move || Some(volumes.lock().unwrap().clone())),
             Arc::new(|| true),
             UsageSettings {
                 interval: Duration::from_secs(1),

@@ -223,12 +223,19 @@ impl Controller {
             for export in self.ctx.exports.iter() {
                 let name = export.name().to_string();
                 let (source, export_name) = (self.ctx.clone(), name.clone());
+                let seen = std::sync::atomic::AtomicU64::new(u64::MAX);
                 let volumes: usage::VolumeSource = Arc::new(move || {
-                    source
-                        .exports
-                        .named(Some(&export_name))
-                        .map(|export| usage::from_cache(&source, export))
-                        .unwrap_or_default()
+                    let generation = source.volumes.generation();
+                    if seen.swap(generation, std::sync::atomic::Ordering::Relaxed) == generation {
+                        return None;
+                    }
+                    Some(
+                        source
+                            .exports
+                            .named(Some(&export_name))
+                            .map(|export| usage::from_cache(&source, export))
+                            .unwrap_or_default(),
+                    )
                 });
                 let probe = metrics.clone();
                 let healthy: usage::HealthSource =

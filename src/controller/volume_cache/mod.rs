@@ -22,6 +22,7 @@ mod record;
 mod symbols;
 mod table;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use kube::runtime::reflector::ObjectRef;
@@ -67,6 +68,8 @@ impl State {
 /// The PV cache: what the volume watch selected (see `super::watches`), as [`Volume`]s.
 pub struct VolumeCache {
     state: RwLock<State>,
+    /// Counts the events applied: unchanged means the cache holds what it held.
+    generation: AtomicU64,
     ready_tx: Mutex<Option<watch::Sender<bool>>>,
     ready: watch::Receiver<bool>,
 }
@@ -76,6 +79,7 @@ impl Default for VolumeCache {
         let (tx, ready) = watch::channel(false);
         VolumeCache {
             state: RwLock::default(),
+            generation: AtomicU64::new(0),
             ready_tx: Mutex::new(Some(tx)),
             ready,
         }
@@ -140,6 +144,9 @@ impl VolumeCache {
                 }
             }
         }
+        // Counted after the change: a reader that saw the old number and then read the new
+        // contents reads once more than needed, and none misses a change.
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The cached volume of `key`'s name.
@@ -178,6 +185,11 @@ impl VolumeCache {
             relisted.near(nfs_path, &state.symbols, &mut out);
         }
         out
+    }
+
+    /// A number that changes whenever the cache may have.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub fn len(&self) -> usize {
@@ -320,6 +332,24 @@ mod tests {
         assert_eq!(names(cache.near("/exports/ns-data")), ["a", "c"]);
         cache.apply_watcher_event(&Event::InitDone);
         assert_eq!(names(cache.near("/exports/ns-data")), ["c"]);
+    }
+
+    /// The usage task decodes the cache only when this number moved.
+    #[test]
+    fn every_event_moves_the_generation() {
+        let cache = cache_of(&[full("a")]);
+        let mut last = cache.generation();
+        for event in [
+            Event::Apply(full("b")),
+            Event::Delete(full("missing")),
+            Event::Delete(full("a")),
+            Event::Init,
+            Event::InitDone,
+        ] {
+            cache.apply_watcher_event(&event);
+            assert_ne!(cache.generation(), last);
+            last = cache.generation();
+        }
     }
 
     #[tokio::test]
