@@ -206,7 +206,7 @@ async fn run_monitor(
             capacity: None,
         })
         .collect();
-    let source = Arc::new(move || volumes.clone());
+    let source = Arc::new(move || Some(volumes.clone()));
     let monitor = UsageMonitor::new(
         root.clone(),
         metrics.usage.clone(),
