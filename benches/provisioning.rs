@@ -1496,8 +1496,8 @@ struct ResyncCost {
 }
 
 /// The CPU of the first periodic resync, which starts `period` after the term began (at
-/// `ready_at`, give or take the 500 ms the bench waits): idle CPU is measured from now until
-/// a second before it, then the process is watched from there until it is idle again.
+/// `ready_at` at the earliest): idle CPU is measured from now until a second before it, then
+/// the process is watched from there until it has been busy and is idle again.
 async fn measure_resync(
     pid: u32,
     ready_at: Instant,
@@ -1518,8 +1518,21 @@ async fn measure_resync(
     let cpu_before = cpu_seconds(pid).unwrap_or(0.0);
     let idle_rate = (cpu_before - idle_cpu_from) / (before - idle_from).as_secs_f64();
     let rss_before_kb = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
-    // At least past the resync's start, then until idle again.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The resync starts `period` after the term began, and the term begins once the caches
+    // synced plus the sweeps that run first: wait (up to a minute) until the process is
+    // clearly busy, then until it is idle again.
+    let busy = (idle_rate * 5.0).max(0.05);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut last = cpu_before;
+    while Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = cpu_seconds(pid).unwrap_or(0.0);
+        if (now - last) / 0.25 > busy {
+            break;
+        }
+        last = now;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     settle(pid, Duration::from_secs(300)).await;
     let window = before.elapsed();
     let raw_cpu = cpu_seconds(pid).unwrap_or(0.0) - cpu_before;
