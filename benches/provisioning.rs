@@ -57,6 +57,11 @@ struct Args {
     /// requests in flight and kept for the next run of the same `--provisioner-name`.
     #[arg(long, default_value_t = 0)]
     existing: usize,
+    /// Seed the existing volumes Bound to the seeded claims instead of Released (fake API
+    /// server only: a real one leaves status to kube-controller-manager). Bound volumes of
+    /// this provisioner are also followed by the usage measurement.
+    #[arg(long)]
+    existing_bound: bool,
     /// Creations in flight while seeding existing volumes on a real cluster.
     #[arg(long, default_value_t = 128)]
     seed_concurrency: usize,
@@ -222,13 +227,19 @@ async fn setup(args: &Args, scratch: &Path) -> Result<Target, BoxError> {
             create_namespace_and_class(&target).await?;
             if args.existing > 0 {
                 let started = Instant::now();
-                let (claims, volumes) = existing_objects(args.existing, &target.provisioner_name);
+                let (claims, volumes) =
+                    existing_objects(args.existing, &target.provisioner_name, args.existing_bound);
                 let fake = target.fake.as_ref().expect("fake");
                 fake.put_objects(claims)?;
                 fake.put_objects(volumes)?;
                 println!(
-                    "seeded {n} Released volumes of this provisioner and {n} claims with a volume in {s:.1} s",
+                    "seeded {n} {phase} volumes of this provisioner and {n} claims with a volume in {s:.1} s",
                     n = args.existing,
+                    phase = if args.existing_bound {
+                        "Bound"
+                    } else {
+                        "Released"
+                    },
                     s = started.elapsed().as_secs_f64()
                 );
             }
@@ -251,6 +262,9 @@ async fn setup(args: &Args, scratch: &Path) -> Result<Target, BoxError> {
                     .unwrap_or_else(|| format!("example.com/nfs-bench-{suffix}")),
             };
             create_namespace_and_class(&target).await?;
+            if args.existing_bound {
+                return Err("--existing-bound is for the fake API server only".into());
+            }
             if args.existing > 0 {
                 seed_real_cluster(&target, args.existing, args.seed_concurrency).await?;
             }
@@ -844,8 +858,13 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
     }
     if args.existing > 0 {
         println!(
-            "existing: {e} Released volumes of this provisioner + {e} claims with a volume",
-            e = args.existing
+            "existing: {e} {phase} volumes of this provisioner + {e} claims with a volume",
+            e = args.existing,
+            phase = if args.existing_bound {
+                "Bound"
+            } else {
+                "Released"
+            }
         );
     }
     if args.floor {
@@ -1121,7 +1140,7 @@ fn existing_label_value(provisioner_name: &str) -> String {
 /// reclaim policy Retain (Released, with its annotations, label and finalizer, and the
 /// managedFields a real API server adds), and `n` claims that have a volume (a PV that is
 /// not among these: the provisioner has nothing to do for them either).
-fn existing_objects(n: usize, provisioner_name: &str) -> (Vec<Value>, Vec<Value>) {
+fn existing_objects(n: usize, provisioner_name: &str, bound: bool) -> (Vec<Value>, Vec<Value>) {
     use nfs_provisioner::persistent_volume::{
         ANN_ON_DELETE, ANN_PROVISIONED_BY, FINALIZER, LABEL_DIRECTORY_TREE, directory_tree_label,
     };
@@ -1132,6 +1151,8 @@ fn existing_objects(n: usize, provisioner_name: &str) -> (Vec<Value>, Vec<Value>
     for i in 0..n {
         let uid = format!("{i:08x}-{}-4000-8000-{:012x}", &tag[..4], i * 7919);
         let pv_name = format!("pvc-{uid}");
+        let claim_name = format!("data-{i:06}");
+        let claim_uid = format!("{i:08x}-5555-4555-8555-{:012x}", i * 17);
         let gone_claim = format!("gone-{i:06}");
         let directory = format!("{ns}-{gone_claim}-{pv_name}");
         volumes.push(json!({
@@ -1159,27 +1180,36 @@ fn existing_objects(n: usize, provisioner_name: &str) -> (Vec<Value>, Vec<Value>
             },
             "spec": {
                 "accessModes": ["ReadWriteMany"], "capacity": {"storage": "1Gi"},
-                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
-                             "name": gone_claim, "uid": format!("{i:08x}-4444-4444-8444-{:012x}", i * 13), "resourceVersion": "1"},
+                "claimRef": if bound {
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
+                           "name": claim_name, "uid": claim_uid, "resourceVersion": "1"})
+                } else {
+                    json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns,
+                           "name": gone_claim, "uid": format!("{i:08x}-4444-4444-8444-{:012x}", i * 13), "resourceVersion": "1"})
+                },
                 "nfs": {"server": "nfs.example.test", "path": format!("/exports/{directory}")},
                 "persistentVolumeReclaimPolicy": "Retain", "storageClassName": "nfs-bench-existing",
                 "volumeMode": "Filesystem"
             },
-            "status": {"phase": "Released"}
+            "status": {"phase": if bound { "Bound" } else { "Released" }}
         }));
         claims.push(json!({
             "apiVersion": "v1", "kind": "PersistentVolumeClaim",
             "metadata": {
-                "name": format!("data-{i:06}"), "namespace": ns,
-                "uid": format!("{i:08x}-5555-4555-8555-{:012x}", i * 17),
+                "name": claim_name, "namespace": ns,
+                "uid": claim_uid,
                 "resourceVersion": "1", "creationTimestamp": "2025-03-01T10:00:00Z",
                 "labels": {"app": format!("app-{}", i % 97), EXISTING_LABEL: tag},
                 "finalizers": ["kubernetes.io/pvc-protection"]
             },
             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}},
                      "storageClassName": "", "volumeMode": "Filesystem",
-                     "volumeName": format!("elsewhere-{i:06}")},
-            "status": {"phase": "Pending"}
+                     "volumeName": if bound { pv_name.clone() } else { format!("elsewhere-{i:06}") }},
+            "status": if bound {
+                json!({"phase": "Bound", "accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"}})
+            } else {
+                json!({"phase": "Pending"})
+            }
         }));
     }
     (claims, volumes)
@@ -1239,7 +1269,7 @@ async fn seed_real_cluster(t: &Target, n: usize, concurrency: usize) -> Result<(
             Err(kube::Error::Api(s)) if s.code == 409 => {}
             Err(e) => return Err(e.into()),
         }
-        let (claim_objects, volume_objects) = existing_objects(n, &t.provisioner_name);
+        let (claim_objects, volume_objects) = existing_objects(n, &t.provisioner_name, false);
         let strip = |mut v: Value| {
             // What the API server sets itself.
             let meta = v["metadata"].as_object_mut().expect("metadata");
