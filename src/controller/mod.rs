@@ -63,6 +63,37 @@ pub enum WorkItem {
     Volume(ObjectRef<Volume>),
 }
 
+impl WorkItem {
+    /// Claims are provisioning's critical path; volume work (reclaims, adopting finalizers)
+    /// can wait without anything being lost.
+    fn lane(&self) -> queue::Lane {
+        match self {
+            WorkItem::Claim(_) => queue::Lane::Urgent,
+            WorkItem::Volume(_) => queue::Lane::Deferrable,
+        }
+    }
+}
+
+/// How many of `workers` volume work may occupy at once: all but a quarter (at least one
+/// when there are two or more), which are kept for claims.
+///
+/// Claims are handed out before volumes anyway, so every worker that frees up goes to a
+/// claim while claims wait; the reserve is for the moment a burst starts while reclaims
+/// hold workers. A reclaim can hold its worker long (waiting for the API server's list of
+/// its directory tree, removing a huge tree slice by slice, an NFS server that stalls up to
+/// the operation deadline), and nothing is lost while it waits; a claim's work is a mkdir
+/// and one PV create, so a quarter of the workers (8 of the default 32) keeps the client's
+/// request budget busy with PV creates until volume workers free up. Volume work keeps at
+/// least three quarters, so a resync's thousands of volumes still proceed in parallel.
+pub fn volume_worker_limit(workers: usize) -> usize {
+    let reserved = if workers >= 2 {
+        (workers / 4).max(1)
+    } else {
+        0
+    };
+    workers - reserved
+}
+
 /// What the workers share.
 pub struct Context {
     pub client: Client,
@@ -137,7 +168,12 @@ impl Controller {
     ) -> Self {
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let queue = WorkQueue::<WorkItem>::new(settings.retry_base_delay, settings.retry_max_delay);
+        let queue = WorkQueue::<WorkItem>::with_lanes(
+            settings.retry_base_delay,
+            settings.retry_max_delay,
+            WorkItem::lane,
+            volume_worker_limit(settings.workers),
+        );
         let watches = Watches::start(&client, &selection, &queue, &stop, &tasks);
         let ctx = Arc::new(Context {
             client,
@@ -334,4 +370,21 @@ fn count_waiting_claims(ctx: &Context) -> usize {
         .iter()
         .filter(|c| ctx.class_to_provision(c).is_some())
         .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::volume_worker_limit;
+
+    #[test]
+    fn volume_work_leaves_workers_for_claims() {
+        assert_eq!(
+            volume_worker_limit(1),
+            1,
+            "one worker: volumes must still go on"
+        );
+        assert_eq!(volume_worker_limit(2), 1);
+        assert_eq!(volume_worker_limit(4), 3);
+        assert_eq!(volume_worker_limit(32), 24);
+    }
 }
