@@ -113,6 +113,8 @@ pub struct Context {
     pub queue: Arc<WorkQueue<WorkItem>>,
     /// Clone copies running in the background.
     pub clones: clone::CloneJobs,
+    /// The reclaims' coalesced lists of our PVs by directory tree.
+    pub tree_lists: other_volumes::TreeLists,
 }
 
 impl Context {
@@ -176,6 +178,7 @@ impl Controller {
         );
         let watches = Watches::start(&client, &selection, &queue, &stop, &tasks);
         let ctx = Arc::new(Context {
+            tree_lists: other_volumes::TreeLists::new(client.clone()),
             client,
             selection,
             exports,
