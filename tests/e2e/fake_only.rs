@@ -6,7 +6,7 @@
 use fake_apiserver::{Fault, FaultAction, Options};
 use kube::ResourceExt;
 
-use crate::cluster::{TestCluster, entries};
+use crate::cluster::{PROVISIONER_USER, TestCluster, entries};
 use crate::provisioner::RunningProvisioner;
 
 /// Where to kill the provisioner.
@@ -541,4 +541,102 @@ async fn crash_after_the_claim_was_marked_resizing_before_the_volume_grew() {
         false,
     )
     .await;
+}
+
+/// Reclaims that wait long (here: the API server holds their shared-directory list) never
+/// keep a new claim from its volume: claims are handed out first and volume work occupies
+/// at most three of the four workers. The held reclaims share lists instead of sending one
+/// each, and finish once the API server answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_is_provisioned_while_more_reclaims_wait_than_there_are_workers() {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c
+        .create_class("lanes", &[("onDelete", "delete")], "Delete")
+        .await;
+    let mut options = c.provisioner_options(root.path());
+    options.extra_args = vec!["--workers".into(), "4".into()];
+    let p = RunningProvisioner::start(&options, c.provisioner_config());
+    let names: Vec<String> = (0..12).map(|i| format!("old-{i:02}")).collect();
+    futures::future::join_all(
+        names
+            .iter()
+            .map(|n| async { c.create_claim(&TestCluster::claim(n, &class)).await }),
+    )
+    .await;
+    c.wait_all_bound(names.len()).await;
+    let held = fake.add_fault(
+        Fault::new(FaultAction::Hang)
+            .verb("list")
+            .resource("persistentvolumes")
+            .user(PROVISIONER_USER),
+    );
+    futures::future::join_all(names.iter().map(|n| c.delete_claim(n))).await;
+    held.triggered().await;
+    // Give the reclaims time to take every worker volume work may have.
+    c.eventually("volumes deleted and waiting for their cleanup", || async {
+        let deleting = c
+            .our_volumes()
+            .await
+            .iter()
+            .filter(|pv| pv.metadata.deletion_timestamp.is_some())
+            .count();
+        (deleting >= 3).then_some(())
+    })
+    .await;
+
+    let started = std::time::Instant::now();
+    c.create_claim(&TestCluster::claim("new", &class)).await;
+    let pv = c.wait_bound("new").await;
+    let waited = started.elapsed();
+    assert_eq!(
+        held.hits(),
+        1,
+        "reclaims asking while a list is in flight wait for the next one"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "the claim waited {waited:?} behind reclaims"
+    );
+    assert!(
+        c.our_volumes()
+            .await
+            .iter()
+            .filter(|v| v.name_any() != pv.name_any())
+            .count()
+            == names.len(),
+        "no reclaim finished while their list was held"
+    );
+
+    fake.remove_fault(&held);
+    c.eventually("the old volumes gone", || async {
+        (c.our_volumes().await.len() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        entries(root.path()).len(),
+        1,
+        "only the new volume's directory left"
+    );
+    // The reclaims that asked while the first list was held waited for the next one and
+    // shared it, instead of sending one each.
+    let queries: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.user == PROVISIONER_USER
+                && r.verb.as_deref() == Some("list")
+                && r.resource.as_deref() == Some("persistentvolumes")
+                && r.query.contains("labelSelector")
+        })
+        .map(|r| r.query)
+        .collect();
+    assert!(
+        queries.iter().any(|q| q.contains("%2C") || q.contains(',')),
+        "no list named several directory trees: {queries:?}"
+    );
+    let denied = fake.denied_requests();
+    assert!(denied.is_empty(), "requests denied by rbac/: {denied:?}");
+    p.stop();
 }
