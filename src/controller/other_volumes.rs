@@ -10,12 +10,11 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::ListParams;
 use kube::{Api, Client, ResourceExt};
 use tokio::sync::oneshot;
 
-use super::Context;
+use super::{Context, Volume};
 use crate::nfs_plugin::{LookupError, NfsPlugin, OtherVolumes, Overlap};
 use crate::persistent_volume::{LABEL_DIRECTORY_TREE, directory_tree_label};
 use crate::planning::VolumeDirectory;
@@ -89,7 +88,10 @@ pub const MAX_TREES_PER_LIST: usize = 100;
 pub struct TreeListError(Arc<kube::Error>);
 
 /// What one list answers: our PVs of the trees it asked for.
-type Listed = Result<Arc<Vec<PersistentVolume>>, TreeListError>;
+/// Decoded as the lean [`Volume`] (no managedFields, only the spec fields the check reads):
+/// a tree can hold thousands of PVs (a `${namespace}/…` path pattern puts a namespace's
+/// volumes in one tree).
+type Listed = Result<Arc<Vec<Volume>>, TreeListError>;
 
 /// Coalesced consistent lists of our PVs by [`LABEL_DIRECTORY_TREE`].
 ///
@@ -166,7 +168,7 @@ async fn send_lists(client: Client, state: Arc<Mutex<Waiting>>) {
         state,
         finished: false,
     };
-    let api: Api<PersistentVolume> = Api::all(client);
+    let api: Api<Volume> = Api::all(client);
     loop {
         let batch = {
             let mut w = lock(&ending.state);
@@ -231,6 +233,7 @@ mod tests {
     use std::time::Duration;
 
     use fake_apiserver::{FakeApiServer, Fault, FaultAction, Options};
+    use k8s_openapi::api::core::v1::PersistentVolume;
     use kube::api::PostParams;
 
     use super::*;
