@@ -58,8 +58,9 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     existing: usize,
     /// Seed the existing volumes Bound to the seeded claims instead of Released (fake API
-    /// server only: a real one leaves status to kube-controller-manager). Bound volumes of
-    /// this provisioner are also followed by the usage measurement.
+    /// server only: a real one leaves status to kube-controller-manager), each with its
+    /// directory on the NFS root. Bound volumes of this provisioner are also measured by the
+    /// usage task.
     #[arg(long)]
     existing_bound: bool,
     /// Creations in flight while seeding existing volumes on a real cluster.
@@ -229,6 +230,16 @@ async fn setup(args: &Args, scratch: &Path) -> Result<Target, BoxError> {
                 let started = Instant::now();
                 let (claims, volumes) =
                     existing_objects(args.existing, &target.provisioner_name, args.existing_bound);
+                if args.existing_bound {
+                    // A Bound volume has its directory: the usage task measures it (empty)
+                    // and exports its series, as it would in a cluster.
+                    let nfs_root = scratch.join("nfs-root");
+                    for pv in &volumes {
+                        let path = pv["spec"]["nfs"]["path"].as_str().unwrap_or_default();
+                        let directory = path.strip_prefix("/exports/").expect("under the export");
+                        std::fs::create_dir(nfs_root.join(directory))?;
+                    }
+                }
                 let fake = target.fake.as_ref().expect("fake");
                 fake.put_objects(claims)?;
                 fake.put_objects(volumes)?;
@@ -478,8 +489,10 @@ impl Provisioner {
         let Ok(mut s) = TcpStream::connect_timeout(&self.admin, Duration::from_millis(500)) else {
             return String::new();
         };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        // A page with a usage series per volume is tens of MB at 100 000 volumes.
+        let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+        // HTTP/1.0: the streamed page ends with the connection instead of being chunked.
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\nConnection: close\r\n\r\n");
         let mut buf = String::new();
         let _ = s.read_to_string(&mut buf);
         buf
@@ -494,7 +507,7 @@ impl Provisioner {
         if let Some(floor) = self.floor.take() {
             floor.stop();
         }
-        let Some(child) = self.child.as_mut() else {
+        let Some(mut child) = self.child.take() else {
             return;
         };
         unsafe {
@@ -509,6 +522,18 @@ impl Provisioner {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+}
+
+/// A bench that fails midway (an early `?`) must not leave the provisioner running: it would
+/// keep using CPU and skew the next runs.
+impl Drop for Provisioner {
+    fn drop(&mut self) {
+        self.stop_sampling.store(true, Ordering::Relaxed);
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -708,6 +733,38 @@ async fn bench(args: &Args, t: &Target, scratch: &Path, nfs_root: &Path) -> Resu
             last as f64 / 1024.0,
             max as f64 / 1024.0,
             cpu_seconds(pid).unwrap_or(0.0) - cpu_at_ready,
+        );
+    }
+    if args.existing_bound && pid != 0 {
+        // What the usage task exported by now, and what one scrape of it costs.
+        let before = proc_status_kb(pid, "VmRSS:").unwrap_or(0);
+        // RSS sampled every 2 ms while the page is served: its highest is the scrape's cost.
+        let serving = std::sync::atomic::AtomicBool::new(true);
+        let mut highest = before;
+        let page = std::thread::scope(|scope| {
+            let sampler = scope.spawn(|| {
+                let mut highest = 0;
+                while serving.load(Ordering::Relaxed) {
+                    highest = highest.max(proc_status_kb(pid, "VmRSS:").unwrap_or(0));
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                highest
+            });
+            let page = provisioner.metrics();
+            serving.store(false, Ordering::Relaxed);
+            highest = highest.max(sampler.join().unwrap_or(0));
+            page
+        });
+        let measured = page
+            .lines()
+            .filter(|l| l.starts_with("nfs_provisioner_volume_used_bytes{"))
+            .count();
+        println!(
+            "usage: {measured} volumes measured; /metrics page {:.1} MB; RSS {:.1} MB before the scrape, {:.1} MB at most during it, {:.1} MB after",
+            page.len() as f64 / 1e6,
+            before as f64 / 1024.0,
+            highest as f64 / 1024.0,
+            proc_status_kb(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0,
         );
     }
     let cpu_at_ready = cpu_seconds(pid).unwrap_or(0.0);

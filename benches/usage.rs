@@ -177,6 +177,34 @@ async fn main() {
     );
 }
 
+/// A volume list that never changes, as the controller's cache is between changes.
+struct FixedVolumes {
+    volumes: Vec<nfs_provisioner::usage::VolumeRef>,
+    visited: std::sync::atomic::AtomicBool,
+}
+
+impl nfs_provisioner::usage::VolumeSource for FixedVolumes {
+    fn visit_if_changed(&self, f: &mut dyn FnMut(nfs_provisioner::usage::VolumeRef)) -> bool {
+        if self
+            .visited
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            return false;
+        }
+        self.volumes.iter().cloned().for_each(f);
+        true
+    }
+
+    fn get(&self, pv: &str) -> Option<nfs_provisioner::usage::VolumeRef> {
+        // Names are numbered in order: a binary search finds them.
+        let i = self
+            .volumes
+            .binary_search_by(|v| v.pv.as_str().cmp(pv))
+            .ok()?;
+        Some(self.volumes[i].clone())
+    }
+}
+
 /// Runs the usage task over every volume until each was measured once; (slices, entries,
 /// inodes, peak memory growth in KiB before the first scrape, size of a scraped page in KiB).
 async fn run_monitor(
@@ -206,7 +234,10 @@ async fn run_monitor(
             capacity: None,
         })
         .collect();
-    let source = Arc::new(move || Some(volumes.clone()));
+    let source = Arc::new(FixedVolumes {
+        volumes,
+        visited: std::sync::atomic::AtomicBool::new(false),
+    });
     let monitor = UsageMonitor::new(
         root.clone(),
         metrics.usage.clone(),

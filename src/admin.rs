@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
-use hyper::body::Incoming;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -70,15 +71,49 @@ impl Readiness {
     }
 }
 
-fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {
+type Body = BoxBody<Bytes, Infallible>;
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", content_type)
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body)).boxed())
         .expect("static response parts")
 }
 
-fn route(path: &str, readiness: &Readiness, metrics: &Metrics) -> Response<Full<Bytes>> {
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// How long one piece of a `/metrics` page waits for the client to take it.
+const METRICS_PIECE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `/metrics`, streamed: the page is written piece by piece on a blocking thread as the
+/// client reads it (see [`Metrics::write_page`]), so the series of 100 000 volumes (70 MB of
+/// text) are never held at once. A client that takes no piece for 30 s loses the rest.
+fn metrics_page(metrics: &Metrics) -> Response<Body> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(2);
+    let metrics = metrics.clone();
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        metrics.write_page(&mut |piece| {
+            let sent = runtime.block_on(tokio::time::timeout(
+                METRICS_PIECE_TIMEOUT,
+                tx.send(Bytes::from(piece)),
+            ));
+            matches!(sent, Ok(Ok(())))
+        });
+    });
+    let pieces = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|piece| piece.map(|b| Ok::<_, Infallible>(Frame::data(b))))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", OPENMETRICS)
+        .body(BodyExt::boxed(StreamBody::new(pieces)))
+        .expect("static response parts")
+}
+
+fn route(path: &str, readiness: &Readiness, metrics: &Metrics) -> Response<Body> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     match path {
         "/healthz" | "/livez" => text(StatusCode::OK, "ok\n".into(), PLAIN),
@@ -90,11 +125,7 @@ fn route(path: &str, readiness: &Readiness, metrics: &Metrics) -> Response<Full<
                 PLAIN,
             ),
         },
-        "/metrics" => text(
-            StatusCode::OK,
-            metrics.render(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        "/metrics" => metrics_page(metrics),
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), PLAIN),
     }
 }
@@ -217,5 +248,94 @@ mod tests {
             "{body}"
         );
         assert!(body.contains("nfs_provisioner_build_info"), "{body}");
+    }
+
+    /// Volumes `0..n`, each measured, one of them with label values that need quoting.
+    struct ManyVolumes(u64);
+
+    impl crate::metrics::VolumeSamples for ManyVolumes {
+        fn volume_count(&self) -> usize {
+            self.0 as usize
+        }
+
+        fn for_each_sample(
+            &self,
+            part: u64,
+            parts: u64,
+            f: &mut dyn FnMut(&crate::metrics::VolumeSample<'_>),
+        ) {
+            for v in (0..self.0).filter(|v| v % parts == part) {
+                let pv = format!("pv-{v}");
+                let claim = if v == 7 {
+                    "odd\"\\\nname".to_string()
+                } else {
+                    format!("c-{v}")
+                };
+                f(&crate::metrics::VolumeSample {
+                    namespace: "ns",
+                    persistentvolumeclaim: &claim,
+                    persistentvolume: &pv,
+                    used_bytes: v,
+                    used_inodes: 1,
+                    capacity_bytes: (v % 2 == 0).then_some(1000),
+                    measured_timestamp: 1_700_000_000,
+                });
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_streamed_metrics_page_is_the_whole_page() {
+        use std::io::{Read, Write};
+        let metrics = Metrics::new();
+        let volumes: Arc<dyn crate::metrics::VolumeSamples> = Arc::new(ManyVolumes(20_000));
+        metrics.usage.volumes.attach(Arc::downgrade(&volumes));
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(serve(
+            listener,
+            Arc::new(Readiness::default()),
+            metrics.clone(),
+            stop.clone(),
+        ));
+        let raw = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(address).unwrap();
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut raw = String::new();
+            s.read_to_string(&mut raw).unwrap();
+            raw
+        })
+        .await
+        .unwrap();
+        stop.cancel();
+        let _ = server.await;
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(" 200 "), "{head}");
+        assert!(head.contains("openmetrics-text"), "{head}");
+        let page = metrics.render();
+        assert_eq!(body.len(), page.len());
+        assert!(
+            body == page,
+            "the streamed page differs from the rendered one"
+        );
+        assert!(page.ends_with("# EOF\n"));
+        // Every volume once per family (capacity: the even ones), in the text format.
+        let count = |family: &str| {
+            page.lines()
+                .filter(|l| l.starts_with(&format!("nfs_provisioner_{family}{{")))
+                .count()
+        };
+        assert_eq!(count("volume_used_bytes"), 20_000);
+        assert_eq!(count("volume_capacity_bytes"), 10_000);
+        assert!(page.contains("# TYPE nfs_provisioner_volume_used_inodes gauge\n"));
+        assert!(page.contains(
+            "nfs_provisioner_volume_used_bytes{namespace=\"ns\",persistentvolumeclaim=\"c-12\",persistentvolume=\"pv-12\"} 12\n"
+        ));
+        assert!(
+            page.contains("persistentvolumeclaim=\"odd\\\"\\\\\\nname\""),
+            "label values are quoted"
+        );
     }
 }

@@ -1,16 +1,19 @@
 //! Prometheus metrics the admin endpoint serves at `/metrics`.
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// Every metric's name starts with `nfs_provisioner_`.
+const PREFIX: &str = "nfs_provisioner";
 
 /// Labels of one provision or delete operation outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -32,28 +35,160 @@ pub struct FailureLabels {
     pub reason: String,
 }
 
-/// One volume, labelled so that it joins with kube-state-metrics:
-/// `kube_persistentvolumeclaim_info{namespace, persistentvolumeclaim}` and
-/// `kube_persistentvolume_info{persistentvolume}`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
-pub struct VolumeLabels {
-    pub namespace: String,
-    pub persistentvolumeclaim: String,
-    pub persistentvolume: String,
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
 
+/// One measured volume, as the usage task's table holds it. Its labels join with
+/// kube-state-metrics: `kube_persistentvolumeclaim_info{namespace, persistentvolumeclaim}`
+/// and `kube_persistentvolume_info{persistentvolume}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeSample<'a> {
+    pub namespace: &'a str,
+    pub persistentvolumeclaim: &'a str,
+    pub persistentvolume: &'a str,
+    pub used_bytes: u64,
+    pub used_inodes: u64,
+    /// The PV's capacity, if it parses.
+    pub capacity_bytes: Option<u64>,
+    /// When the last complete measurement ended (Unix time).
+    pub measured_timestamp: i64,
+}
+
+/// What holds measured volumes (the usage task's table): read at each scrape, one part at a
+/// time.
+pub trait VolumeSamples: Send + Sync {
+    /// Volumes held, measured or not (how many parts a scrape splits them into).
+    fn volume_count(&self) -> usize;
+    /// `f` of every measured volume in part `part` of `parts` (parts split the volumes by a
+    /// hash of their name, so each is in exactly one).
+    fn for_each_sample(&self, part: u64, parts: u64, f: &mut dyn FnMut(&VolumeSample<'_>));
+}
+
+/// The per-volume usage series: `volume_used_bytes`, `volume_used_inodes`,
+/// `volume_capacity_bytes` and `volume_usage_measured_timestamp_seconds`.
+///
+/// Not kept as labelled gauges (`Family`): with 100 000 volumes, four families of three owned
+/// label strings each held more than the rest of the provisioner. They are written at each
+/// scrape from the sources attached, which hold one compact entry per volume.
+///
+/// Written by hand rather than through the crate's encoder: that encoder writes a whole
+/// registry into one writer in one call, so a page had to be built whole (70 MB at 100 000
+/// measured volumes, more than the rest of the process), or a slow client would hold the
+/// usage table's lock. Here each part's text is built under the lock, then handed on after
+/// it is released, and the page is streamed. A source is held weakly: when the usage task
+/// ends (this replica stops leading), its series go.
+#[derive(Default)]
+pub struct VolumeUsageSeries {
+    sources: std::sync::Mutex<Vec<Weak<dyn VolumeSamples>>>,
+}
+
+impl std::fmt::Debug for VolumeUsageSeries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeUsageSeries").finish_non_exhaustive()
+    }
+}
+
+/// Volumes per part of a scrape: a part's text (about 180 bytes a series) is what is held at
+/// once.
+const VOLUMES_PER_PART: usize = 4096;
+
+type SampleValue = fn(&VolumeSample<'_>) -> Option<u64>;
+
+/// Name, help and value of each per-volume family.
+const VOLUME_FAMILIES: [(&str, &str, SampleValue); 4] = [
+    (
+        "volume_used_bytes",
+        "Bytes a volume's directory holds on the NFS server (st_blocks * 512, as du counts), as last measured",
+        |s| Some(s.used_bytes),
+    ),
+    (
+        "volume_used_inodes",
+        "Files, directories and other entries in a volume's directory (hard links once), as last measured",
+        |s| Some(s.used_inodes),
+    ),
+    (
+        "volume_capacity_bytes",
+        "The capacity of a volume (its PV's spec.capacity: what its claim requested); NFS does not enforce it",
+        |s| s.capacity_bytes,
+    ),
+    (
+        "volume_usage_measured_timestamp_seconds",
+        "When a volume's usage was last measured completely (Unix time)",
+        |s| u64::try_from(s.measured_timestamp).ok(),
+    ),
+];
+
+/// A label value as the text format quotes it.
+fn write_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+impl VolumeUsageSeries {
+    /// Adds a source; it is read until it is dropped.
+    pub fn attach(&self, source: Weak<dyn VolumeSamples>) {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.retain(|s| s.strong_count() > 0);
+        sources.push(source);
+    }
+
+    fn live_sources(&self) -> Vec<Arc<dyn VolumeSamples>> {
+        let sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        sources.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Writes the four families in the text format, names prefixed with `prefix_`, as pieces
+    /// handed to `emit` one after the other; stops early (false) when `emit` returns false.
+    pub fn write(&self, prefix: &str, emit: &mut dyn FnMut(String) -> bool) -> bool {
+        use std::fmt::Write;
+        let sources = self.live_sources();
+        for (name, help, value) in VOLUME_FAMILIES {
+            let head = format!("# HELP {prefix}_{name} {help}.\n# TYPE {prefix}_{name} gauge\n");
+            if !emit(head) {
+                return false;
+            }
+            for source in &sources {
+                let parts = (source.volume_count() / VOLUMES_PER_PART + 1) as u64;
+                for part in 0..parts {
+                    let mut text = String::new();
+                    source.for_each_sample(part, parts, &mut |s| {
+                        let Some(v) = value(s) else { return };
+                        let _ = write!(text, "{prefix}_{name}{{namespace=\"");
+                        write_label_value(&mut text, s.namespace);
+                        text.push_str("\",persistentvolumeclaim=\"");
+                        write_label_value(&mut text, s.persistentvolumeclaim);
+                        text.push_str("\",persistentvolume=\"");
+                        write_label_value(&mut text, s.persistentvolume);
+                        let _ = writeln!(text, "\"}} {}", gauge_value(v));
+                    });
+                    if !text.is_empty() && !emit(text) {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+}
+
+/// A count as a gauge's value (which is signed).
+fn gauge_value(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
 /// Usage measurement (see `crate::usage`): per volume, and of the scanner itself.
 #[derive(Clone)]
 pub struct UsageMetrics {
-    pub used_bytes: Family<VolumeLabels, Gauge>,
-    pub used_inodes: Family<VolumeLabels, Gauge>,
-    pub capacity_bytes: Family<VolumeLabels, Gauge>,
-    pub measured_timestamp: Family<VolumeLabels, Gauge>,
+    /// The per-volume series, encoded from the usage task's own table at each scrape.
+    pub volumes: Arc<VolumeUsageSeries>,
     pub entries: Counter,
     pub slices: Family<ResultLabels, Counter>,
     pub scans: Family<ResultLabels, Counter>,
@@ -64,10 +199,7 @@ pub struct UsageMetrics {
 impl UsageMetrics {
     fn register(registry: &mut Registry) -> Self {
         let m = UsageMetrics {
-            used_bytes: Family::default(),
-            used_inodes: Family::default(),
-            capacity_bytes: Family::default(),
-            measured_timestamp: Family::default(),
+            volumes: Arc::default(),
             entries: Counter::default(),
             slices: Family::default(),
             scans: Family::default(),
@@ -75,26 +207,6 @@ impl UsageMetrics {
             scan_duration: Histogram::new(exponential_buckets(0.1, 2.0, 16)),
             paused: Gauge::default(),
         };
-        registry.register(
-            "volume_used_bytes",
-            "Bytes a volume's directory holds on the NFS server (st_blocks * 512, as du counts), as last measured",
-            m.used_bytes.clone(),
-        );
-        registry.register(
-            "volume_used_inodes",
-            "Files, directories and other entries in a volume's directory (hard links once), as last measured",
-            m.used_inodes.clone(),
-        );
-        registry.register(
-            "volume_capacity_bytes",
-            "The capacity of a volume (its PV's spec.capacity: what its claim requested); NFS does not enforce it",
-            m.capacity_bytes.clone(),
-        );
-        registry.register(
-            "volume_usage_measured_timestamp_seconds",
-            "When a volume's usage was last measured completely (Unix time)",
-            m.measured_timestamp.clone(),
-        );
         registry.register(
             "usage_scan_entries",
             "Directory entries stat'ed by usage measurement",
@@ -121,14 +233,6 @@ impl UsageMetrics {
             m.paused.clone(),
         );
         m
-    }
-
-    /// Drops every series of one volume (deleted, or no longer measured here).
-    pub fn forget(&self, volume: &VolumeLabels) {
-        self.used_bytes.remove(volume);
-        self.used_inodes.remove(volume);
-        self.capacity_bytes.remove(volume);
-        self.measured_timestamp.remove(volume);
     }
 }
 
@@ -183,7 +287,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("nfs_provisioner");
+        let mut registry = Registry::with_prefix(PREFIX);
         let provisions = Family::<OperationLabels, Counter>::default();
         registry.register(
             "provision_operations",
@@ -357,8 +461,24 @@ impl Metrics {
     /// OpenMetrics text, as Prometheus scrapes it.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        self.write_page(&mut |piece| {
+            out.push_str(&piece);
+            true
+        });
         out
+    }
+
+    /// The page in pieces, handed to `emit` in order (see [`VolumeUsageSeries`]): at most
+    /// one part of the per-volume series is built at a time. Stops when `emit` returns false.
+    pub fn write_page(&self, emit: &mut dyn FnMut(String) -> bool) {
+        let mut head = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode_registry(&mut head, &self.registry);
+        if !emit(head) || !self.usage.volumes.write(PREFIX, emit) {
+            return;
+        }
+        let mut eof = String::new();
+        let _ = encode_eof(&mut eof);
+        emit(eof);
     }
 }

@@ -1341,20 +1341,33 @@ fn exposed_metrics() -> (BTreeSet<String>, BTreeSet<String>) {
     metrics.nfs_root_probe_seconds("default").set(0.001);
     metrics.nfs_stuck_operations("default").set(0);
     metrics.resized("c", "success");
-    let volume = nfs_provisioner::metrics::VolumeLabels {
-        namespace: "n".into(),
-        persistentvolumeclaim: "c".into(),
-        persistentvolume: "pv".into(),
-    };
-    let usage = &metrics.usage;
-    for family in [
-        &usage.used_bytes,
-        &usage.used_inodes,
-        &usage.capacity_bytes,
-        &usage.measured_timestamp,
-    ] {
-        family.get_or_create(&volume).set(1);
+    // One measured volume, as the usage task's table would hold it.
+    struct OneVolume;
+    impl nfs_provisioner::metrics::VolumeSamples for OneVolume {
+        fn volume_count(&self) -> usize {
+            1
+        }
+        fn for_each_sample(
+            &self,
+            _part: u64,
+            _parts: u64,
+            f: &mut dyn FnMut(&nfs_provisioner::metrics::VolumeSample<'_>),
+        ) {
+            f(&nfs_provisioner::metrics::VolumeSample {
+                namespace: "n",
+                persistentvolumeclaim: "c",
+                persistentvolume: "pv",
+                used_bytes: 1,
+                used_inodes: 1,
+                capacity_bytes: Some(1),
+                measured_timestamp: 1,
+            });
+        }
     }
+    let usage = &metrics.usage;
+    let volume: std::sync::Arc<dyn nfs_provisioner::metrics::VolumeSamples> =
+        std::sync::Arc::new(OneVolume);
+    usage.volumes.attach(std::sync::Arc::downgrade(&volume));
     let result = nfs_provisioner::metrics::ResultLabels {
         result: "finished".into(),
     };

@@ -23,6 +23,7 @@ mod provision;
 pub mod queue;
 mod reclaim;
 pub mod selection;
+mod usage_source;
 mod volume_cache;
 mod watches;
 mod workers;
@@ -103,7 +104,6 @@ pub struct Context {
     pub claims: Store<Claim>,
     pub volumes: Arc<VolumeCache>,
     pub classes: Store<Class>,
-    /// Path component → cached volumes whose path has it (overlapping-directory check).
     pub events: EventPublisher,
     pub metrics: Metrics,
     /// Background writes (events) and clone copies; the controller waits for them before it
@@ -261,21 +261,10 @@ impl Controller {
             // health and volumes; it stops taking work with the workers.
             for export in self.ctx.exports.iter() {
                 let name = export.name().to_string();
-                let (source, export_name) = (self.ctx.clone(), name.clone());
-                let seen = std::sync::atomic::AtomicU64::new(u64::MAX);
-                let volumes: usage::VolumeSource = Arc::new(move || {
-                    let generation = source.volumes.generation();
-                    if seen.swap(generation, std::sync::atomic::Ordering::Relaxed) == generation {
-                        return None;
-                    }
-                    Some(
-                        source
-                            .exports
-                            .named(Some(&export_name))
-                            .map(|export| usage::from_cache(&source, export))
-                            .unwrap_or_default(),
-                    )
-                });
+                let volumes = Arc::new(usage_source::CachedVolumes::new(
+                    self.ctx.clone(),
+                    name.clone(),
+                ));
                 let probe = metrics.clone();
                 let healthy: usage::HealthSource =
                     Arc::new(move || probe.nfs_root_healthy(&name).get() == 1);

@@ -173,6 +173,21 @@ impl VolumeCache {
         out
     }
 
+    /// `f` of every cached volume, built one at a time and collected nowhere (the cache is
+    /// read-locked meanwhile: `f` must not touch it).
+    pub fn for_each(&self, mut f: impl FnMut(Volume)) {
+        let state = self.read();
+        let mut none: Vec<()> = Vec::new();
+        state.current.filter_map(
+            &state.symbols,
+            &mut |pv| {
+                f(pv);
+                None
+            },
+            &mut none,
+        );
+    }
+
     /// Every cached NFS volume whose path is `nfs_path`, a directory above it or one beneath
     /// it (paths compared component by component, empty and `.` components dropped), and
     /// maybe a few others: callers judge each one. During a relist, the volumes it has

@@ -23,9 +23,10 @@
 //! The task runs only on the leader, and a replica that stops leading drops its usage series,
 //! so exactly one replica exports them.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+mod tracked;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
@@ -33,14 +34,14 @@ use kube::runtime::events::EventType;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::controller::{Context, EventPublisher};
-use crate::metrics::{ResultLabels, UsageMetrics, VolumeLabels};
-use crate::nfs_plugin::NfsPlugin;
+use crate::controller::EventPublisher;
+use crate::metrics::{ResultLabels, UsageMetrics, VolumeSamples};
 use crate::objects::{Claim, Volume};
 use crate::persistent_volume::ANN_PROVISIONED_BY;
 use crate::planning::{ExportPath, VolumeDirectory};
 use crate::quantity::{HumanBytes, quantity_bytes};
 use crate::storage::{NfsRoot, StorageError, UsageScan, UsageStep, VolumeUsage};
+use tracked::TrackedVolumes;
 
 pub const REASON_USAGE_OVER_REQUEST: &str = "VolumeUsageOverRequest";
 pub const REASON_USAGE_WITHIN_REQUEST: &str = "VolumeUsageWithinRequest";
@@ -74,14 +75,6 @@ pub struct VolumeRef {
 }
 
 impl VolumeRef {
-    fn labels(&self) -> VolumeLabels {
-        VolumeLabels {
-            namespace: self.namespace.clone(),
-            persistentvolumeclaim: self.claim.clone(),
-            persistentvolume: self.pv.clone(),
-        }
-    }
-
     /// Enough of the claim to write an Event about it.
     fn claim_ref(&self) -> Claim {
         Claim {
@@ -96,10 +89,15 @@ impl VolumeRef {
     }
 }
 
-/// Where the task gets the volumes to measure from (the controller's cache in production):
-/// `None` when nothing changed since the last call (so an idle cache of 100 000 volumes is
-/// not decoded every interval).
-pub type VolumeSource = Arc<dyn Fn() -> Option<Vec<VolumeRef>> + Send + Sync>;
+/// Where the task gets the volumes to measure from (the controller's cache in production).
+pub trait VolumeSource: Send + Sync {
+    /// Calls `f` with every measurable volume, one at a time; or returns false without
+    /// calling it when nothing changed since the last call (so an idle cache of 100 000
+    /// volumes is not decoded every interval).
+    fn visit_if_changed(&self, f: &mut dyn FnMut(VolumeRef)) -> bool;
+    /// The measurable volume `pv` as it is now, if it still is one.
+    fn get(&self, pv: &str) -> Option<VolumeRef>;
+}
 /// Whether the NFS root answered its last probe.
 pub type HealthSource = Arc<dyn Fn() -> bool + Send + Sync>;
 
@@ -134,18 +132,6 @@ pub fn volume_ref(
     })
 }
 
-/// Every measurable volume of `export` in the controller's cache.
-pub fn from_cache(ctx: &Context, export: &NfsPlugin) -> Vec<VolumeRef> {
-    ctx.volumes.filter_map(|pv| {
-        volume_ref(
-            &pv,
-            ctx.selection.provisioner_name(),
-            export.nfs_server(),
-            export.export_path(),
-        )
-    })
-}
-
 /// Whether a volume holds more than its request, as last reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Fill {
@@ -176,12 +162,11 @@ pub fn next_fill(current: Fill, used: u64, capacity: u64) -> (Fill, Option<Trans
     }
 }
 
-struct Tracked {
+/// The measurement under way.
+struct Current {
     volume: VolumeRef,
-    scan: Option<UsageScan>,
-    scan_started: Option<Instant>,
-    last_measured: Option<Instant>,
-    fill: Fill,
+    scan: UsageScan,
+    started: Instant,
 }
 
 /// The background task. Build it with [`UsageMonitor::new`], run it with
@@ -190,14 +175,12 @@ pub struct UsageMonitor {
     root: NfsRoot,
     metrics: UsageMetrics,
     events: EventPublisher,
-    volumes: VolumeSource,
+    volumes: Arc<dyn VolumeSource>,
     healthy: HealthSource,
     settings: UsageSettings,
-    tracked: BTreeMap<String, Tracked>,
-    /// Every tracked volume, least recently measured first (never measured: at the front).
-    order: VecDeque<String>,
-    /// The volume whose measurement is under way.
-    current: Option<String>,
+    /// Every measurable volume, and the series of those measured (attached to `metrics`).
+    tracked: Arc<Mutex<TrackedVolumes>>,
+    current: Option<Current>,
 }
 
 enum SliceEnd {
@@ -211,10 +194,13 @@ impl UsageMonitor {
         root: NfsRoot,
         metrics: UsageMetrics,
         events: EventPublisher,
-        volumes: VolumeSource,
+        volumes: Arc<dyn VolumeSource>,
         healthy: HealthSource,
         settings: UsageSettings,
     ) -> Self {
+        let tracked = Arc::new(Mutex::new(TrackedVolumes::default()));
+        let samples: Arc<dyn VolumeSamples> = tracked.clone();
+        metrics.volumes.attach(Arc::downgrade(&samples));
         UsageMonitor {
             root,
             metrics,
@@ -222,10 +208,13 @@ impl UsageMonitor {
             volumes,
             healthy,
             settings,
-            tracked: BTreeMap::new(),
-            order: VecDeque::new(),
+            tracked,
             current: None,
         }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, TrackedVolumes> {
+        self.tracked.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Measures until `stop` fires, then drops every usage series this replica exported.
@@ -243,20 +232,14 @@ impl UsageMonitor {
             }
             self.round(&stop).await;
         }
-        for tracked in self.tracked.values() {
-            self.metrics.forget(&tracked.volume.labels());
-        }
+        self.table().clear();
         self.metrics.paused.set(0);
     }
 
     /// One interval's worth of work.
     async fn round(&mut self, stop: &CancellationToken) {
         self.refresh();
-        let stuck = self
-            .current
-            .as_ref()
-            .and_then(|pv| self.tracked.get(pv)?.scan.as_ref())
-            .is_some_and(UsageScan::is_busy);
+        let stuck = self.current.as_ref().is_some_and(|c| c.scan.is_busy());
         if stuck || !(self.healthy)() {
             if self.metrics.paused.get() == 0 {
                 info!(
@@ -269,117 +252,83 @@ impl UsageMonitor {
         }
         self.metrics.paused.set(0);
         for _ in 0..self.settings.slices_per_interval {
-            let Some(pv) = self.next_due(Instant::now()) else {
+            if !self.pick(Instant::now()) {
                 return;
-            };
-            if let SliceEnd::Stop = self.slice(&pv, stop).await {
+            }
+            if let SliceEnd::Stop = self.slice(stop).await {
                 return;
             }
         }
     }
 
-    /// Follows the volume list: new volumes are tracked, gone ones forgotten (series removed),
-    /// changed ones (capacity after a resize) updated.
+    /// Follows the volume list: new volumes are tracked, gone ones forgotten (series
+    /// dropped), a volume whose directory or claim changed measured anew. The list is
+    /// visited one volume at a time, never collected.
     fn refresh(&mut self) {
-        let Some(volumes) = (self.volumes)() else {
-            return;
-        };
-        // Sorted in place rather than collected into a map: with 100 000 volumes the map's
-        // nodes and copied names were tens of MB at every refresh.
-        let mut current = volumes;
-        current.sort_unstable_by(|a, b| a.pv.cmp(&b.pv));
-        let find = |pv: &str| {
-            current
-                .binary_search_by(|v| v.pv.as_str().cmp(pv))
-                .ok()
-                .map(|i| &current[i])
-        };
-        let metrics = &self.metrics;
-        self.tracked.retain(|pv, t| {
-            let keep = find(pv).is_some_and(|v| {
-                v.directory == t.volume.directory
-                    && v.namespace == t.volume.namespace
-                    && v.claim == t.volume.claim
-            });
-            if !keep {
-                debug!(
-                    pv,
-                    "volume no longer measured; its usage series are dropped"
-                );
-                metrics.forget(&t.volume.labels());
+        let mut table = self.tracked.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.current.as_ref().map(|c| c.volume.pv.clone());
+        let mut current_changed = false;
+        table.begin_refresh();
+        let visited = self.volumes.visit_if_changed(&mut |volume| {
+            if !table.see(&volume) && current.as_deref() == Some(volume.pv.as_str()) {
+                current_changed = true;
             }
-            keep
         });
-        let tracked = &self.tracked;
-        self.order.retain(|pv| tracked.contains_key(pv));
-        if self
-            .current
-            .as_ref()
-            .is_some_and(|pv| !self.tracked.contains_key(pv))
-        {
+        if !visited {
+            // Nothing changed: every entry counts as seen, as before.
+            table.begin_refresh();
+            return;
+        }
+        table.end_refresh(|pv| {
+            debug!(
+                pv,
+                "volume no longer measured; its usage series are dropped"
+            );
+        });
+        if current_changed || current.is_some_and(|pv| !table.contains(&pv)) {
             self.current = None;
         }
-        for volume in current {
-            match self.tracked.get_mut(&volume.pv) {
-                Some(t) => {
-                    if let Some(capacity) = volume.capacity {
-                        self.metrics
-                            .capacity_bytes
-                            .get_or_create(&volume.labels())
-                            .set(capacity as i64);
-                    }
-                    t.volume = volume;
+    }
+
+    /// Makes `current` the measurement to go on with: the one under way, else the next volume
+    /// due (see [`TrackedVolumes::next_due`]). False if none is due.
+    fn pick(&mut self, now: Instant) -> bool {
+        if self.current.is_some() {
+            return true;
+        }
+        loop {
+            let Some(pv) = self.table().next_due(now, self.settings.rescan_period) else {
+                return false;
+            };
+            match self.volumes.get(&pv) {
+                Some(volume) => {
+                    self.current = Some(Current {
+                        scan: UsageScan::new(volume.directory.clone()),
+                        volume,
+                        started: Instant::now(),
+                    });
+                    return true;
                 }
-                None => {
-                    let pv = volume.pv.clone();
-                    self.order.push_front(pv.clone());
-                    self.tracked.insert(
-                        pv,
-                        Tracked {
-                            volume,
-                            scan: None,
-                            scan_started: None,
-                            last_measured: None,
-                            fill: Fill::Within,
-                        },
-                    );
-                }
+                // Left the cache since the last refresh: the next one forgets it.
+                None => self.table().attempted(&pv, now),
             }
         }
     }
 
-    /// The volume whose measurement goes on next: the one under way, else the one never
-    /// measured or measured longest ago, if its rescan period has passed. Constant time: the
-    /// order is kept as volumes are measured.
-    fn next_due(&mut self, now: Instant) -> Option<String> {
-        if let Some(pv) = &self.current {
-            return Some(pv.clone());
+    /// Ends the measurement under way (gone, failed): the volume is next due after the
+    /// rescan period.
+    fn end_current(&mut self) {
+        if let Some(current) = self.current.take() {
+            self.table().attempted(&current.volume.pv, Instant::now());
         }
-        let front = self.order.front()?;
-        let due = self.tracked.get(front).is_some_and(|t| {
-            t.last_measured
-                .is_none_or(|at| now.duration_since(at) >= self.settings.rescan_period)
-        });
-        if !due {
-            return None;
-        }
-        let pv = self.order.pop_front()?;
-        self.order.push_back(pv.clone());
-        self.current = Some(pv.clone());
-        Some(pv)
     }
 
-    async fn slice(&mut self, pv: &str, stop: &CancellationToken) -> SliceEnd {
+    async fn slice(&mut self, stop: &CancellationToken) -> SliceEnd {
         let budget = self.settings.entries_per_slice;
-        let tracked = self
-            .tracked
-            .get_mut(pv)
-            .expect("picked from the tracked set");
-        let scan = tracked
-            .scan
-            .get_or_insert_with(|| UsageScan::new(tracked.volume.directory.clone()))
-            .clone();
-        tracked.scan_started.get_or_insert_with(Instant::now);
+        let Some(current) = &self.current else {
+            return SliceEnd::Continue;
+        };
+        let (scan, pv) = (current.scan.clone(), current.volume.pv.clone());
         let step = self.root.measure_volume_dir(&scan, budget, stop).await;
         let result = match &step {
             Ok(UsageStep::InProgress { .. }) => "in_progress",
@@ -393,35 +342,39 @@ impl UsageMonitor {
                 result: result.to_string(),
             })
             .inc();
-        let tracked = self.tracked.get_mut(pv).expect("still tracked");
         match step {
             Ok(UsageStep::InProgress { entries }) => {
                 self.metrics.entries.inc_by(entries);
                 SliceEnd::Continue
             }
             Ok(UsageStep::Finished { usage, entries }) => {
-                let took = tracked.scan_started.take().map(|s| s.elapsed());
-                tracked.scan = None;
-                self.current = None;
-                tracked.last_measured = Some(Instant::now());
+                let Some(current) = self.current.take() else {
+                    return SliceEnd::Continue;
+                };
                 self.metrics.entries.inc_by(entries);
-                if let Some(took) = took {
-                    self.metrics.scan_duration.observe(took.as_secs_f64());
-                }
-                let volume = tracked.volume.clone();
-                let transition = record(&self.metrics, tracked, &usage);
-                if let Some(transition) = transition {
-                    report(&self.events, &volume, &usage, transition).await;
+                self.metrics
+                    .scan_duration
+                    .observe(current.started.elapsed().as_secs_f64());
+                self.metrics
+                    .scans
+                    .get_or_create(&ResultLabels {
+                        result: if usage.is_exact() { "exact" } else { "inexact" }.to_string(),
+                    })
+                    .inc();
+                let judged = {
+                    let mut table = self.table();
+                    table.attempted(&pv, Instant::now());
+                    table.measured(&pv, usage.bytes, usage.inodes)
+                };
+                if let Some((Some(capacity), Some(transition))) = judged {
+                    report(&self.events, &current.volume, capacity, &usage, transition).await;
                 }
                 SliceEnd::Continue
             }
             Ok(UsageStep::Gone) => {
                 debug!(pv, "volume directory not there; nothing to measure");
-                tracked.scan = None;
-                self.current = None;
-                tracked.scan_started = None;
-                tracked.last_measured = Some(Instant::now());
-                self.metrics.forget(&tracked.volume.labels());
+                self.table().unmeasured(&pv);
+                self.end_current();
                 SliceEnd::Continue
             }
             Err(StorageError::Cancelled) => SliceEnd::Stop,
@@ -432,59 +385,20 @@ impl UsageMonitor {
             }
             Err(e) => {
                 warn!(pv, error = %e, "could not measure the volume's usage; trying again after the rescan period");
-                tracked.scan = None;
-                self.current = None;
-                tracked.scan_started = None;
-                tracked.last_measured = Some(Instant::now());
+                self.end_current();
                 SliceEnd::Continue
             }
         }
     }
 }
 
-/// Updates the volume's series and its fill state; the change to report, if any.
-fn record(
-    metrics: &UsageMetrics,
-    tracked: &mut Tracked,
-    usage: &VolumeUsage,
-) -> Option<Transition> {
-    let labels = tracked.volume.labels();
-    metrics
-        .used_bytes
-        .get_or_create(&labels)
-        .set(usage.bytes.min(i64::MAX as u64) as i64);
-    metrics
-        .used_inodes
-        .get_or_create(&labels)
-        .set(usage.inodes.min(i64::MAX as u64) as i64);
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    metrics.measured_timestamp.get_or_create(&labels).set(now);
-    metrics
-        .scans
-        .get_or_create(&ResultLabels {
-            result: if usage.is_exact() { "exact" } else { "inexact" }.to_string(),
-        })
-        .inc();
-    let capacity = tracked.volume.capacity?;
-    metrics
-        .capacity_bytes
-        .get_or_create(&labels)
-        .set(capacity as i64);
-    let (fill, transition) = next_fill(tracked.fill, usage.bytes, capacity);
-    tracked.fill = fill;
-    transition
-}
-
 async fn report(
     events: &EventPublisher,
     volume: &VolumeRef,
+    capacity: u64,
     usage: &VolumeUsage,
     transition: Transition,
 ) {
-    let capacity = volume.capacity.unwrap_or_default();
     let held = format!(
         "{} in {} files and directories",
         HumanBytes(usage.bytes.into()),
@@ -541,6 +455,34 @@ mod tests {
         assert_eq!(next_fill(Over, u64::MAX - 1, u64::MAX), (Over, None));
     }
 
+    /// Volumes in a list, with a flag for "changed since the last visit".
+    #[derive(Default)]
+    struct ListSource {
+        volumes: std::sync::Mutex<(Vec<VolumeRef>, bool)>,
+    }
+
+    impl ListSource {
+        fn set(&self, volumes: Vec<VolumeRef>) {
+            *self.volumes.lock().unwrap() = (volumes, true);
+        }
+    }
+
+    impl VolumeSource for ListSource {
+        fn visit_if_changed(&self, f: &mut dyn FnMut(VolumeRef)) -> bool {
+            let mut state = self.volumes.lock().unwrap();
+            if !std::mem::take(&mut state.1) {
+                return false;
+            }
+            state.0.iter().cloned().for_each(f);
+            true
+        }
+
+        fn get(&self, pv: &str) -> Option<VolumeRef> {
+            let state = self.volumes.lock().unwrap();
+            state.0.iter().find(|v| v.pv == pv).cloned()
+        }
+    }
+
     fn volume(n: u32) -> VolumeRef {
         VolumeRef {
             pv: format!("pv-{n}"),
@@ -552,7 +494,7 @@ mod tests {
         }
     }
 
-    async fn monitor(volumes: Arc<std::sync::Mutex<Vec<VolumeRef>>>) -> UsageMonitor {
+    async fn monitor(volumes: Arc<ListSource>) -> (UsageMonitor, crate::metrics::Metrics) {
         let dir = tempfile::tempdir().unwrap();
         let root = NfsRoot::open(dir.path(), Default::default()).await.unwrap();
         let metrics = crate::metrics::Metrics::new();
@@ -560,11 +502,11 @@ mod tests {
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
                 .unwrap();
         let events = EventPublisher::new(client, "test", "test", metrics.clone());
-        UsageMonitor::new(
+        let monitor = UsageMonitor::new(
             root,
-            metrics.usage,
+            metrics.usage.clone(),
             events,
-            Arc::new(move || Some(volumes.lock().unwrap().clone())),
+            volumes,
             Arc::new(|| true),
             UsageSettings {
                 interval: Duration::from_secs(1),
@@ -572,47 +514,67 @@ mod tests {
                 entries_per_slice: 10,
                 rescan_period: Duration::from_secs(60),
             },
-        )
-    }
-
-    /// Marks the scan under way as finished now, as a Finished slice does.
-    fn finish_current(m: &mut UsageMonitor, at: Instant) {
-        let pv = m.current.take().unwrap();
-        m.tracked.get_mut(&pv).unwrap().last_measured = Some(at);
+        );
+        (monitor, metrics)
     }
 
     #[tokio::test]
-    async fn volumes_are_measured_in_turn_and_again_only_after_the_rescan_period() {
-        let list = Arc::new(std::sync::Mutex::new(vec![volume(1), volume(2)]));
-        let mut m = monitor(list.clone()).await;
+    async fn the_measurement_under_way_stops_when_its_volume_goes_or_changes_claim() {
+        let list = Arc::new(ListSource::default());
+        list.set(vec![volume(1), volume(2)]);
+        let (mut m, _metrics) = monitor(list.clone()).await;
         m.refresh();
         let now = Instant::now();
-        let first = m.next_due(now).unwrap();
-        assert_eq!(
-            m.next_due(now),
-            Some(first.clone()),
-            "the one under way goes on"
-        );
-        finish_current(&mut m, now);
-        let second = m.next_due(now).unwrap();
-        assert_ne!(first, second);
-        finish_current(&mut m, now);
-        assert_eq!(m.next_due(now), None, "both measured: nothing due yet");
+        assert!(m.pick(now));
+        let first = m.current.as_ref().unwrap().volume.pv.clone();
+        assert!(m.pick(now), "the one under way goes on");
+        assert_eq!(m.current.as_ref().unwrap().volume.pv, first);
 
-        // A new volume comes first; a deleted one is forgotten.
-        list.lock().unwrap().push(volume(3));
-        list.lock().unwrap().retain(|v| v.pv != first);
+        // Unchanged list: the measurement goes on.
         m.refresh();
-        assert_eq!(m.next_due(now).as_deref(), Some("pv-3"));
-        finish_current(&mut m, now);
-        assert!(!m.tracked.contains_key(&first));
-        assert!(!m.order.contains(&first));
-        assert_eq!(m.next_due(now), None);
-        let later = now + Duration::from_secs(61);
-        assert_eq!(
-            m.next_due(later),
-            Some(second),
-            "least recently measured first"
+        assert_eq!(m.current.as_ref().unwrap().volume.pv, first);
+
+        // Its claim changed: measured anew, not continued.
+        let mut volumes = vec![volume(1), volume(2)];
+        volumes.iter_mut().find(|v| v.pv == first).unwrap().claim = "other".into();
+        list.set(volumes.clone());
+        m.refresh();
+        assert!(m.current.is_none());
+        assert!(m.pick(now));
+        let picked = m.current.as_ref().unwrap().volume.clone();
+        volumes.retain(|v| v.pv != picked.pv);
+        list.set(volumes);
+        m.refresh();
+        assert!(m.current.is_none(), "gone: not measured");
+        assert!(!m.table().contains(&picked.pv));
+    }
+
+    #[tokio::test]
+    async fn a_finished_measurement_is_exported_and_its_series_go_with_the_monitor() {
+        let list = Arc::new(ListSource::default());
+        list.set(vec![volume(1)]);
+        let (mut m, metrics) = monitor(list.clone()).await;
+        m.refresh();
+        assert!(m.pick(Instant::now()));
+        // The directory does not exist under the temporary root: measured as gone.
+        let stop = CancellationToken::new();
+        assert!(matches!(m.slice(&stop).await, SliceEnd::Continue));
+        assert!(m.current.is_none());
+        assert!(
+            !m.pick(Instant::now()),
+            "tried: not due again before the rescan"
+        );
+        m.table().measured("pv-1", 2000, 4);
+        let page = metrics.render();
+        let series = "nfs_provisioner_volume_used_bytes{namespace=\"ns\",persistentvolumeclaim=\"c-1\",persistentvolume=\"pv-1\"} 2000";
+        assert!(page.contains(series), "{page}");
+        assert!(page.contains("nfs_provisioner_volume_capacity_bytes{namespace=\"ns\",persistentvolumeclaim=\"c-1\",persistentvolume=\"pv-1\"} 1000"), "{page}");
+        drop(m);
+        let page = metrics.render();
+        assert!(!page.contains("pv-1"), "{page}");
+        assert!(
+            page.contains("# TYPE nfs_provisioner_volume_used_bytes gauge"),
+            "{page}"
         );
     }
 
@@ -638,9 +600,6 @@ mod tests {
         assert_eq!((v.namespace.as_str(), v.claim.as_str()), ("ns", "data"));
         assert_eq!(v.directory.as_str(), "ns-data-pvc-1");
         assert_eq!(v.capacity, Some(1 << 30));
-        let labels = v.labels();
-        assert_eq!(labels.persistentvolumeclaim, "data");
-        assert_eq!(labels.persistentvolume, "pvc-1");
 
         let mut released = ours();
         released["status"]["phase"] = json!("Released");
