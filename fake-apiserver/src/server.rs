@@ -463,6 +463,13 @@ async fn dispatch(
                 ),
                 _ => None,
             };
+            // resourceVersion=0 is served whole from the watch cache, whatever the limit (as
+            // v1.19 to v1.33 do: the cache pages nothing; checked against v1.33 with
+            // `?resourceVersion=0&limit=3`, which answers all items and no continue token).
+            let limit = limit.filter(|_| {
+                query_get(query, "resourceVersion") != Some("0")
+                    || query_get(query, "continue").is_some_and(|c| !c.is_empty())
+            });
             let exact_rv = if query_get(query, "resourceVersionMatch") == Some("Exact") {
                 query_get(query, "resourceVersion").and_then(|r| r.parse().ok())
             } else {
