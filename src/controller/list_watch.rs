@@ -76,7 +76,7 @@ where
                 if let Some(obj) = list.next().await {
                     return (Ok(Event::InitApply(obj)), State::Listing(list));
                 }
-                return match list.finish().await {
+                return match list.finish() {
                     Ok(rv) => (Ok(Event::InitDone), State::Listed(rv)),
                     // Relisted from the start: `Init` again discards what came so far.
                     Err(e) => (
