@@ -463,9 +463,9 @@ async fn dispatch(
                 ),
                 _ => None,
             };
-            // resourceVersion=0 is served whole from the watch cache, whatever the limit (as
-            // v1.19 to v1.33 do: the cache pages nothing; checked against v1.33 with
-            // `?resourceVersion=0&limit=3`, which answers all items and no continue token).
+            // resourceVersion=0 is served whole from the watch cache, whatever the limit, as
+            // v1.19 and v1.33 do (the cache pages nothing): `?resourceVersion=0&limit=1`
+            // answered every object and no continue token on both.
             let limit = limit.filter(|_| {
                 query_get(query, "resourceVersion") != Some("0")
                     || query_get(query, "continue").is_some_and(|c| !c.is_empty())
