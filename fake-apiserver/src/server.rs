@@ -487,14 +487,14 @@ async fn dispatch(
             };
             let list = inner.store.lock().expect("lock").list(kind, &q)?;
             if let Some(t) = &table {
-                let items = list["items"].as_array().cloned().unwrap_or_default();
-                let metadata = list.get("metadata").cloned().unwrap_or(json!({}));
+                let items = list.item_values();
+                let metadata = Value::Object(list.metadata);
                 return Ok(object_response(
                     200,
                     &table::table(kind, &items, metadata, t),
                 ));
             }
-            Ok(object_response(200, &list))
+            Ok(full(200, list.to_json()))
         }
         "watch" => {
             let mut fields = fields;
@@ -581,7 +581,7 @@ async fn dispatch(
                 };
                 let list = s.list(kind, &q)?;
                 let mut out = Vec::new();
-                for item in list["items"].as_array().cloned().unwrap_or_default() {
+                for item in list.item_values() {
                     let mut item = item;
                     item["kind"] = json!(kind.kind());
                     let k = key_of(kind, &item);
