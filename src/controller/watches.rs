@@ -7,14 +7,13 @@ use std::sync::Arc;
 use futures::{StreamExt, TryStreamExt};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-
-use super::list_watch::list_then_watch;
 use kube::{Api, Client, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::WorkItem;
+use super::list_watch::list_then_watch;
 use super::queue::WorkQueue;
 use super::selection::{Ownership, Selection, claim_may_need_a_volume, class_name_of};
 use super::volume_cache::VolumeCache;
