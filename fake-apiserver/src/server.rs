@@ -463,6 +463,13 @@ async fn dispatch(
                 ),
                 _ => None,
             };
+            // resourceVersion=0 is served whole from the watch cache, whatever the limit, as
+            // v1.19 and v1.33 do (the cache pages nothing): `?resourceVersion=0&limit=1`
+            // answered every object and no continue token on both.
+            let limit = limit.filter(|_| {
+                query_get(query, "resourceVersion") != Some("0")
+                    || query_get(query, "continue").is_some_and(|c| !c.is_empty())
+            });
             let exact_rv = if query_get(query, "resourceVersionMatch") == Some("Exact") {
                 query_get(query, "resourceVersion").and_then(|r| r.parse().ok())
             } else {
@@ -480,14 +487,14 @@ async fn dispatch(
             };
             let list = inner.store.lock().expect("lock").list(kind, &q)?;
             if let Some(t) = &table {
-                let items = list["items"].as_array().cloned().unwrap_or_default();
-                let metadata = list.get("metadata").cloned().unwrap_or(json!({}));
+                let items = list.item_values();
+                let metadata = Value::Object(list.metadata);
                 return Ok(object_response(
                     200,
                     &table::table(kind, &items, metadata, t),
                 ));
             }
-            Ok(object_response(200, &list))
+            Ok(full(200, list.to_json()))
         }
         "watch" => {
             let mut fields = fields;
@@ -574,7 +581,7 @@ async fn dispatch(
                 };
                 let list = s.list(kind, &q)?;
                 let mut out = Vec::new();
-                for item in list["items"].as_array().cloned().unwrap_or_default() {
+                for item in list.item_values() {
                     let mut item = item;
                     item["kind"] = json!(kind.kind());
                     let k = key_of(kind, &item);

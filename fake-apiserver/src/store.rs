@@ -73,6 +73,68 @@ pub struct ListQuery {
     pub exact_rv: Option<u64>,
 }
 
+/// A list answer. Its items are the stored objects themselves, not copies: a list of 100 000
+/// PVs copied into one `Value` took gigabytes.
+#[derive(Debug)]
+pub struct List {
+    pub kind: String,
+    pub api_version: String,
+    pub metadata: Map<String, Value>,
+    pub items: Vec<Arc<Value>>,
+}
+
+impl List {
+    /// The items as a list shows them: without `kind` and `apiVersion`.
+    pub fn item_values(&self) -> Vec<Value> {
+        self.items
+            .iter()
+            .map(|obj| {
+                let mut item = (**obj).clone();
+                if let Some(m) = item.as_object_mut() {
+                    m.remove("apiVersion");
+                    m.remove("kind");
+                }
+                item
+            })
+            .collect()
+    }
+
+    /// The list's JSON, written item by item.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+impl serde::Serialize for List {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Items<'a>(&'a [Arc<Value>]);
+        struct Item<'a>(&'a Value);
+        impl serde::Serialize for Items<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter().map(|obj| Item(obj)))
+            }
+        }
+        impl serde::Serialize for Item<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self.0.as_object() {
+                    Some(m) => s.collect_map(
+                        m.iter()
+                            .filter(|(k, _)| k.as_str() != "apiVersion" && k.as_str() != "kind"),
+                    ),
+                    None => self.0.serialize(s),
+                }
+            }
+        }
+        let mut m = s.serialize_map(Some(4))?;
+        m.serialize_entry("kind", &self.kind)?;
+        m.serialize_entry("apiVersion", &self.api_version)?;
+        m.serialize_entry("metadata", &self.metadata)?;
+        m.serialize_entry("items", &Items(&self.items))?;
+        m.end()
+    }
+}
+
 pub fn set_rv(obj: &mut Value, rv: u64) {
     meta_mut(obj).insert("resourceVersion".into(), Value::String(rv.to_string()));
 }
@@ -446,7 +508,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn list(&self, kind: Kind, q: &ListQuery) -> Result<Value, ApiError> {
+    pub fn list(&self, kind: Kind, q: &ListQuery) -> Result<List, ApiError> {
         let (snap, start): (u64, Option<Key>) = match &q.continue_token {
             Some(tok) => {
                 let decoded = util::hex_decode(tok)
@@ -486,7 +548,7 @@ impl Store {
             .peekable();
         let selecting = !q.labels.is_empty() || !q.fields.is_empty();
         let limit = q.limit.filter(|l| *l > 0);
-        let mut items: Vec<Value> = Vec::new();
+        let mut items: Vec<Arc<Value>> = Vec::new();
         let mut last_key: Option<Key> = None;
         let mut more = false;
         let mut remaining: u64 = 0;
@@ -537,12 +599,7 @@ impl Store {
                 }
                 continue;
             }
-            let mut item = (**obj).clone();
-            if let Some(m) = item.as_object_mut() {
-                m.remove("apiVersion");
-                m.remove("kind");
-            }
-            items.push(item);
+            items.push(obj.clone());
             last_key = Some(key.clone());
         }
         let mut md = Map::new();
@@ -556,12 +613,12 @@ impl Store {
                 md.insert("remainingItemCount".into(), json!(remaining));
             }
         }
-        Ok(json!({
-            "kind": format!("{}List", kind.kind()),
-            "apiVersion": kind.api_version(),
-            "metadata": md,
-            "items": items,
-        }))
+        Ok(List {
+            kind: format!("{}List", kind.kind()),
+            api_version: kind.api_version().to_string(),
+            metadata: md,
+            items,
+        })
     }
 
     // ---- writes ----------------------------------------------------------------------

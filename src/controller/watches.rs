@@ -13,17 +13,11 @@ use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 use super::WorkItem;
+use super::list_watch::list_then_watch;
 use super::queue::WorkQueue;
 use super::selection::{Ownership, Selection, claim_may_need_a_volume, class_name_of};
 use super::volume_cache::VolumeCache;
 use crate::objects::{self, Claim, Class, Volume};
-
-/// Objects per page of a watch's initial list. A page's response body is held while it is
-/// decoded (managedFields and the last-applied copy are skipped), so pages bound the startup
-/// peak; but each is a request under the client's rate limit, and with pages of 100 the
-/// 2000 pages of 100 000 volumes and 100 000 claims took 8 s of tokens alone. 500 is 400
-/// pages, within the default burst.
-const WATCH_PAGE_SIZE: u32 = 500;
 
 /// Watches and caches claims, volumes and classes, feeding keys into `queue`.
 pub struct Watches {
@@ -71,9 +65,11 @@ fn select_for_cache<K>(
 /// handed to the queue as soon as its page arrived (`InitApply`) was looked up by a worker in
 /// the old cache, not found, and dropped; a claim created while the watch was down then waited
 /// for the next resync. Relisted objects are therefore yielded at `InitDone`.
+///
+/// Each list is one unpaged list from the API server's watch cache, decoded as it arrives
+/// (see [`list_then_watch`]).
 fn selective_watch<K, T>(
     api: Api<K>,
-    config: watcher::Config,
     mut cache: impl FnMut(&watcher::Event<K>) + Send + 'static,
     keep: impl Fn(&mut K) -> bool + Send + 'static,
     item: impl Fn(&K) -> Option<T> + Send + 'static,
@@ -88,7 +84,7 @@ where
         + Sync
         + 'static,
 {
-    watcher(api, config)
+    list_then_watch(api)
         .default_backoff()
         .filter_map(move |event| {
             futures::future::ready(match event {
@@ -159,13 +155,10 @@ impl Watches {
         stop: &CancellationToken,
         tasks: &TaskTracker,
     ) -> Self {
-        let config = watcher::Config::default().page_size(WATCH_PAGE_SIZE);
-
         let (claims, writer) = reflector::store();
         let claim_queue = queue.clone();
         let stream = selective_watch(
             Api::<Claim>::all(client.clone()),
-            config.clone(),
             apply_to(writer),
             keep_claim,
             |claim: &Claim| Some(ObjectRef::from_obj(claim)),
@@ -184,7 +177,6 @@ impl Watches {
         let (keep, queued) = (selection.clone(), selection.clone());
         let stream = selective_watch(
             Api::<Volume>::all(client.clone()),
-            config.clone(),
             move |event: &watcher::Event<Volume>| cache.apply_watcher_event(event),
             move |pv: &mut Volume| keep_volume(pv, &keep),
             move |pv: &Volume| {
@@ -205,7 +197,6 @@ impl Watches {
         let keep = selection.clone();
         let stream = selective_watch(
             Api::<Class>::all(client.clone()),
-            config,
             apply_to(writer),
             // Only this provisioner's classes: a claim of any other class is not ours.
             move |class: &mut Class| {
