@@ -146,7 +146,8 @@ pub struct Cli {
     #[arg(long, env = "USAGE_SCAN_SLICES", default_value_t = 4)]
     pub usage_scan_slices: u32,
 
-    /// Usage measurement: directory entries one slice may stat at most.
+    /// Usage measurement: directory entries one slice may stat at most (in one volume, or in
+    /// several small ones one after another).
     #[arg(long, env = "USAGE_SCAN_ENTRIES_PER_SLICE", default_value_t = 5000)]
     pub usage_scan_entries_per_slice: u64,
 

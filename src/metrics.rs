@@ -214,7 +214,7 @@ impl UsageMetrics {
         );
         registry.register(
             "usage_scan_slices",
-            "Slices of usage measurement, by result (in_progress, finished, gone, or a failure reason)",
+            "Storage operations of usage measurement (one per volume a slice works on), by result (in_progress, finished, gone, or a failure reason)",
             m.slices.clone(),
         );
         registry.register(

@@ -184,7 +184,11 @@ pub struct UsageMonitor {
 }
 
 enum SliceEnd {
-    Continue,
+    /// The volume's measurement ended (finished, gone, failed) after this many entries: the
+    /// rest of the slice's budget goes to the next volume due.
+    Spent(u64),
+    /// The measurement goes on in the next slice.
+    BudgetUsed,
     /// The server did not answer: no more slices this round.
     Stop,
 }
@@ -252,11 +256,18 @@ impl UsageMonitor {
         }
         self.metrics.paused.set(0);
         for _ in 0..self.settings.slices_per_interval {
-            if !self.pick(Instant::now()) {
-                return;
-            }
-            if let SliceEnd::Stop = self.slice(stop).await {
-                return;
+            // A slice goes on to the next volume due while its budget lasts: one volume per
+            // slice would take days over 100 000 small volumes (4 per 10 s by default).
+            let mut budget = self.settings.entries_per_slice;
+            while budget > 0 {
+                if !self.pick(Instant::now()) {
+                    return;
+                }
+                match self.slice(stop, budget).await {
+                    SliceEnd::Spent(entries) => budget = budget.saturating_sub(entries.max(1)),
+                    SliceEnd::BudgetUsed => break,
+                    SliceEnd::Stop => return,
+                }
             }
         }
     }
@@ -323,10 +334,11 @@ impl UsageMonitor {
         }
     }
 
-    async fn slice(&mut self, stop: &CancellationToken) -> SliceEnd {
-        let budget = self.settings.entries_per_slice;
+    /// Measures the current volume on, statting at most `budget` entries (one storage
+    /// operation, with its deadline).
+    async fn slice(&mut self, stop: &CancellationToken, budget: u64) -> SliceEnd {
         let Some(current) = &self.current else {
-            return SliceEnd::Continue;
+            return SliceEnd::Spent(0);
         };
         let (scan, pv) = (current.scan.clone(), current.volume.pv.clone());
         let step = self.root.measure_volume_dir(&scan, budget, stop).await;
@@ -345,11 +357,11 @@ impl UsageMonitor {
         match step {
             Ok(UsageStep::InProgress { entries }) => {
                 self.metrics.entries.inc_by(entries);
-                SliceEnd::Continue
+                SliceEnd::BudgetUsed
             }
             Ok(UsageStep::Finished { usage, entries }) => {
                 let Some(current) = self.current.take() else {
-                    return SliceEnd::Continue;
+                    return SliceEnd::Spent(entries);
                 };
                 self.metrics.entries.inc_by(entries);
                 self.metrics
@@ -369,13 +381,13 @@ impl UsageMonitor {
                 if let Some((Some(capacity), Some(transition))) = judged {
                     report(&self.events, &current.volume, capacity, &usage, transition).await;
                 }
-                SliceEnd::Continue
+                SliceEnd::Spent(entries)
             }
             Ok(UsageStep::Gone) => {
                 debug!(pv, "volume directory not there; nothing to measure");
                 self.table().unmeasured(&pv);
                 self.end_current();
-                SliceEnd::Continue
+                SliceEnd::Spent(1)
             }
             Err(StorageError::Cancelled) => SliceEnd::Stop,
             Err(e) if e.is_not_responding() => {
@@ -386,7 +398,7 @@ impl UsageMonitor {
             Err(e) => {
                 warn!(pv, error = %e, "could not measure the volume's usage; trying again after the rescan period");
                 self.end_current();
-                SliceEnd::Continue
+                SliceEnd::Spent(1)
             }
         }
     }
@@ -494,9 +506,18 @@ mod tests {
         }
     }
 
+    /// A monitor over an empty root (removed on return: every directory is gone).
     async fn monitor(volumes: Arc<ListSource>) -> (UsageMonitor, crate::metrics::Metrics) {
         let dir = tempfile::tempdir().unwrap();
-        let root = NfsRoot::open(dir.path(), Default::default()).await.unwrap();
+        monitor_at(dir.path(), volumes).await
+    }
+
+    /// A monitor over `root`: one slice of 10 entries per round.
+    async fn monitor_at(
+        root: &std::path::Path,
+        volumes: Arc<ListSource>,
+    ) -> (UsageMonitor, crate::metrics::Metrics) {
+        let root = NfsRoot::open(root, Default::default()).await.unwrap();
         let metrics = crate::metrics::Metrics::new();
         let client =
             kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap()))
@@ -550,6 +571,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slice_measures_small_volumes_one_after_another_until_its_budget_is_spent() {
+        let dir = tempfile::tempdir().unwrap();
+        for n in 1..=12 {
+            let volume = dir.path().join(format!("ns/v-{n}"));
+            std::fs::create_dir_all(&volume).unwrap();
+            std::fs::write(volume.join("data"), b"12345").unwrap();
+        }
+        let list = Arc::new(ListSource::default());
+        list.set((1..=12).map(volume).collect());
+        let (mut m, metrics) = monitor_at(dir.path(), list).await;
+        let measured = |metrics: &crate::metrics::Metrics| {
+            let page = metrics.render();
+            page.lines()
+                .filter(|l| l.starts_with("nfs_provisioner_volume_used_inodes{"))
+                .map(|l| {
+                    assert!(l.ends_with(" 2"), "the directory and its file: {l}");
+                    l.to_owned()
+                })
+                .count()
+        };
+        let stop = CancellationToken::new();
+
+        // One slice of 10 entries: nine volumes of one file each, the tenth begun with the
+        // last entry of the budget and not finished (one volume per slice would be one).
+        m.round(&stop).await;
+        assert_eq!(measured(&metrics), 9);
+        assert!(m.current.is_some(), "the tenth goes on in the next slice");
+
+        m.round(&stop).await;
+        assert_eq!(measured(&metrics), 12);
+        assert!(m.current.is_none());
+    }
+
+    #[tokio::test]
     async fn a_finished_measurement_is_exported_and_its_series_go_with_the_monitor() {
         let list = Arc::new(ListSource::default());
         list.set(vec![volume(1)]);
@@ -558,7 +613,7 @@ mod tests {
         assert!(m.pick(Instant::now()));
         // The directory does not exist under the temporary root: measured as gone.
         let stop = CancellationToken::new();
-        assert!(matches!(m.slice(&stop).await, SliceEnd::Continue));
+        assert!(matches!(m.slice(&stop, 10).await, SliceEnd::Spent(1)));
         assert!(m.current.is_none());
         assert!(
             !m.pick(Instant::now()),
