@@ -417,29 +417,42 @@ async fn report(
         usage.inodes
     );
     let claim = volume.claim_ref();
-    match transition {
-        Transition::WentOver => {
-            let note = format!(
+    let (kind, reason, note, message) = match transition {
+        Transition::WentOver => (
+            EventType::Warning,
+            REASON_USAGE_OVER_REQUEST,
+            format!(
                 "volume {} holds {held}, more than the {} requested; NFS does not enforce the size: the export's free space is shared with every other volume on it. Expand the claim or delete data",
                 volume.pv,
                 HumanBytes(capacity.into()),
-            );
-            info!(pv = %volume.pv, used = usage.bytes, capacity, "volume holds more than requested");
-            events
-                .on_claim(&claim, EventType::Warning, REASON_USAGE_OVER_REQUEST, note)
-                .await;
-        }
-        Transition::CameBack => {
-            let note = format!(
+            ),
+            "volume holds more than requested",
+        ),
+        Transition::CameBack => (
+            EventType::Normal,
+            REASON_USAGE_WITHIN_REQUEST,
+            format!(
                 "volume {} holds {held}, back within the {} requested",
                 volume.pv,
                 HumanBytes(capacity.into()),
-            );
-            info!(pv = %volume.pv, used = usage.bytes, capacity, "volume back within its request");
-            events
-                .on_claim(&claim, EventType::Normal, REASON_USAGE_WITHIN_REQUEST, note)
-                .await;
-        }
+            ),
+            "volume back within its request",
+        ),
+    };
+    info!(pv = %volume.pv, used = usage.bytes, capacity, "{message}");
+    events.on_claim(&claim, kind, reason, note).await;
+}
+
+/// A volume `pv-N` of claim `ns/c-N` in directory `ns/v-N`, for tests.
+#[cfg(test)]
+pub(crate) fn test_volume(n: u32, capacity: Option<u64>) -> VolumeRef {
+    VolumeRef {
+        pv: format!("pv-{n}"),
+        namespace: "ns".into(),
+        claim: format!("c-{n}"),
+        claim_uid: format!("u-{n}"),
+        directory: crate::planning::VolumeDirectory::parse(&format!("ns/v-{n}")).unwrap(),
+        capacity,
     }
 }
 
@@ -496,14 +509,7 @@ mod tests {
     }
 
     fn volume(n: u32) -> VolumeRef {
-        VolumeRef {
-            pv: format!("pv-{n}"),
-            namespace: "ns".into(),
-            claim: format!("c-{n}"),
-            claim_uid: format!("u-{n}"),
-            directory: VolumeDirectory::parse(&format!("ns/v-{n}")).unwrap(),
-            capacity: Some(1000),
-        }
+        test_volume(n, Some(1000))
     }
 
     /// A monitor over an empty root (removed on return: every directory is gone).

@@ -311,18 +311,8 @@ impl VolumeSamples for std::sync::Mutex<TrackedVolumes> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::planning::VolumeDirectory;
 
-    fn volume(n: u32, capacity: Option<u64>) -> VolumeRef {
-        VolumeRef {
-            pv: format!("pv-{n}"),
-            namespace: "ns".into(),
-            claim: format!("c-{n}"),
-            claim_uid: format!("u-{n}"),
-            directory: VolumeDirectory::parse(&format!("ns/v-{n}")).unwrap(),
-            capacity,
-        }
-    }
+    use crate::usage::test_volume as volume;
 
     fn samples(table: TrackedVolumes) -> Vec<(String, u64, Option<u64>)> {
         let table = std::sync::Mutex::new(table);
