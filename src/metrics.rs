@@ -78,7 +78,9 @@ pub trait VolumeSamples: Send + Sync {
 /// measured volumes, more than the rest of the process), or a slow client would hold the
 /// usage table's lock. Here each part's text is built under the lock, then handed on after
 /// it is released, and the page is streamed. A source is held weakly: when the usage task
-/// ends (this replica stops leading), its series go.
+/// ends (this replica stops leading), its series go. A page is not a snapshot (nor was it with
+/// gauges, set one after another): a measurement that ends while the page is written can show
+/// in a volume's later families and not in its earlier ones; each value is "as last measured".
 #[derive(Default)]
 pub struct VolumeUsageSeries {
     sources: std::sync::Mutex<Vec<Weak<dyn VolumeSamples>>>,
