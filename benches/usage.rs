@@ -33,7 +33,7 @@ struct Args {
     /// Entries per slice (USAGE_SCAN_ENTRIES_PER_SLICE).
     #[arg(long, default_value_t = 5000)]
     budget: u64,
-    /// Run the usage task itself (tracking, gauges per volume) instead of bare slices, with
+    /// Run the usage task itself (its entry per volume) instead of bare slices, with
     /// this many slices per 1 ms round.
     #[arg(long)]
     monitor: Option<u32>,
