@@ -25,6 +25,8 @@ pub const REASON_DATA_PREDATES_VOLUME: &str = "VolumeDataPredatesVolume";
 /// A deleted PV that carried our finalizer but no `provisioned-by` annotation: let go, its
 /// directory untouched.
 pub const REASON_RELEASED_UNTOUCHED: &str = "VolumeReleasedDataKept";
+/// A Released PV whose claim still exists (the binder judged from a stale cache): not deleted.
+pub const REASON_CLAIM_STILL_EXISTS: &str = "VolumeClaimStillExists";
 /// Claim expansion, with kubernetes-csi/external-resizer's reasons.
 pub const REASON_RESIZING: &str = "Resizing";
 pub const REASON_RESIZE_SUCCEEDED: &str = "VolumeResizeSuccessful";
@@ -386,7 +388,8 @@ impl EventPublisher {
             REASON_VOLUME_FAILED_DELETE
             | REASON_DIRECTORY_SHARED
             | REASON_DATA_PREDATES_VOLUME
-            | REASON_RELEASED_UNTOUCHED => "Delete",
+            | REASON_RELEASED_UNTOUCHED
+            | REASON_CLAIM_STILL_EXISTS => "Delete",
             REASON_RESIZING | REASON_RESIZE_SUCCEEDED | REASON_RESIZE_FAILED => "Resize",
             crate::usage::REASON_USAGE_OVER_REQUEST | crate::usage::REASON_USAGE_WITHIN_REQUEST => {
                 "Measure"
@@ -507,6 +510,7 @@ mod tests {
             REASON_DIRECTORY_SHARED,
             REASON_DATA_PREDATES_VOLUME,
             REASON_RELEASED_UNTOUCHED,
+            REASON_CLAIM_STILL_EXISTS,
         ] {
             let e = p.event(
                 &reference(None, "PersistentVolume"),

@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::events::{
-    REASON_DATA_PREDATES_VOLUME, REASON_DIRECTORY_SHARED, REASON_RELEASED_UNTOUCHED,
-    REASON_VOLUME_FAILED_DELETE,
+    REASON_CLAIM_STILL_EXISTS, REASON_DATA_PREDATES_VOLUME, REASON_DIRECTORY_SHARED,
+    REASON_RELEASED_UNTOUCHED, REASON_VOLUME_FAILED_DELETE,
 };
 use super::other_volumes::ClusterVolumes;
 use super::selection::Ownership;
@@ -193,6 +193,13 @@ async fn apply(
         // Pending/Available volumes wait for the binder; Retain keeps the PV and its data.
         return Ok(None);
     }
+    if let Some(note) = claim_still_there(ctx, pv).await? {
+        info!("{note}");
+        ctx.events
+            .on_volume(pv, EventType::Warning, REASON_CLAIM_STILL_EXISTS, note)
+            .await;
+        return Ok(None);
+    }
     // A PV whose policy cannot be applied stays Released, with an event, until an admin acts.
     let class = class_of(ctx, pv);
     if let Err(e) = ctx.exports.check_reclaim(pv, class.as_deref()) {
@@ -206,6 +213,40 @@ async fn apply(
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Why a Released PV is not released after all: the claim it names (same UID) still exists.
+///
+/// kube-controller-manager marks a PV Released when its claim is missing from its own cache;
+/// a cache behind the API server (seen on a loaded v1.19: a claim created with `volumeName`
+/// before its PV) makes it release a PV whose claim is there and about to bind. Deleting then
+/// would delete that claim's data, so the claim is looked up in the API server first (a list
+/// by name: the provisioner may list claims, not get them). Once the claim binds, the PV is
+/// Bound again; once it is gone, the next reconcile deletes.
+async fn claim_still_there(ctx: &Context, pv: &Volume) -> Result<Option<String>> {
+    let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
+        return Ok(None);
+    };
+    let (Some(namespace), Some(name)) = (claim.namespace.as_deref(), claim.name.as_deref()) else {
+        return Ok(None);
+    };
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let found = claims
+        .list_metadata(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
+        .await?;
+    let same = found.items.iter().any(|c| {
+        claim
+            .uid
+            .as_deref()
+            .is_none_or(|uid| uid.is_empty() || c.metadata.uid.as_deref() == Some(uid))
+    });
+    Ok(same.then(|| {
+        format!(
+            "PV {} is Released but its claim {namespace}/{name} still exists: not deleted; the binder's cache was behind, and the claim will bind to it again",
+            pv.name_any()
+        )
+    }))
 }
 
 /// A PV being deleted: apply the delete policy (or let go of a PV that is ours only by its

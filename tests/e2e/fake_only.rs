@@ -640,3 +640,74 @@ async fn a_claim_is_provisioned_while_more_reclaims_wait_than_there_are_workers(
     assert!(denied.is_empty(), "requests denied by rbac/: {denied:?}");
     p.stop();
 }
+
+/// kube-controller-manager marks a PV Released when its claim is missing from its own cache:
+/// a loaded v1.19 did so to a claim created with `volumeName` before its PV, and the
+/// provisioner then deleted that claim's data. A Released PV whose claim (same UID) is still
+/// in the API server is kept, with a Warning, and deleted only once the claim is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_volume_whose_claim_still_exists_is_not_deleted() {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c
+        .create_class("doubt", &[("archiveOnDelete", "false")], "Delete")
+        .await;
+    let mut options = c.provisioner_options(root.path());
+    options.extra_args = vec!["--resync-period".into(), "2s".into()];
+    let p = RunningProvisioner::start(&options, c.provisioner_config());
+    // The binder is behind: it binds nothing while the scene is set.
+    fake.pause_controller_manager(true);
+    let pv_name = format!("{}-data-legacy", c.namespace);
+    let mut pvc = TestCluster::claim("data", &class);
+    pvc.spec.as_mut().unwrap().volume_name = Some(pv_name.clone());
+    let created = c.create_claim(&pvc).await;
+    let dir = format!("{}-data-{pv_name}", c.namespace);
+    std::fs::create_dir(root.path().join(&dir)).unwrap();
+    std::fs::write(root.path().join(&dir).join("data"), b"keep").unwrap();
+    let pv = crate::scenarios::legacy_volume(
+        &c,
+        &pv_name,
+        "data",
+        &created.uid().unwrap(),
+        &class,
+        &dir,
+    );
+    c.volumes()
+        .create(&kube::api::PostParams::default(), &pv)
+        .await
+        .expect("PV");
+    fake.modify_object(fake_apiserver::Kind::PersistentVolume, "", &pv_name, |pv| {
+        pv["status"] = serde_json::json!({"phase": "Released"});
+    })
+    .expect("PV stored");
+
+    let note = c
+        .wait_volume_event(&pv_name, "VolumeClaimStillExists")
+        .await;
+    assert!(note.contains("still exists"), "{note}");
+    // Two more resyncs: still kept.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let kept = c.volumes().get(&pv_name).await.expect("the PV is kept");
+    assert!(kept.metadata.deletion_timestamp.is_none());
+    assert_eq!(
+        std::fs::read(root.path().join(&dir).join("data")).unwrap(),
+        b"keep"
+    );
+
+    // The claim goes: now the PV is released indeed, and its class deletes it.
+    fake.delete_object(
+        fake_apiserver::Kind::PersistentVolumeClaim,
+        &c.namespace,
+        "data",
+    )
+    .expect("claim stored");
+    // (pv-protection, a controller of the binder's process, lets the deleted PV go.)
+    fake.pause_controller_manager(false);
+    c.wait_volume_gone(&pv_name).await;
+    assert!(
+        !root.path().join(&dir).exists(),
+        "deleted as its class says"
+    );
+    p.stop();
+}

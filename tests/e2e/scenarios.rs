@@ -384,7 +384,7 @@ async fn the_recorded_policy_wins_over_later_class_changes() {
 }
 
 /// A PV as the Go provisioner made it: no policy annotation, no finalizer.
-fn legacy_volume(
+pub(crate) fn legacy_volume(
     c: &TestCluster,
     name: &str,
     claim: &str,
