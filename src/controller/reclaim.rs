@@ -232,25 +232,9 @@ async fn claim_still_there(ctx: &Context, pv: &Volume) -> Result<Option<String>>
     };
     let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
         Api::namespaced(ctx.client.clone(), namespace);
-    let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
-    // A claim of that UID existed before the PV was released, so any view at least as recent
-    // as the PV holds it unless it is gone: the watch cache serves that view, instead of etcd
-    // reading the whole namespace. Should the cache be behind (504), the consistent list.
-    let at_pv = pv
-        .metadata
-        .resource_version
-        .as_deref()
-        .filter(|rv| !rv.is_empty());
-    let found = match at_pv {
-        Some(rv) => match claims.list_metadata(&by_name.clone().at(rv)).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::debug!(error = %e, "claim lookup from the watch cache failed; listing from etcd");
-                claims.list_metadata(&by_name).await?
-            }
-        },
-        None => claims.list_metadata(&by_name).await?,
-    };
+    let found = claims
+        .list_metadata(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
+        .await?;
     let same = found.items.iter().any(|c| {
         claim
             .uid
