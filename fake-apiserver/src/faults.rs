@@ -31,8 +31,6 @@ pub struct Fault {
     pub verb: Option<String>,
     pub user: Option<String>,
     pub name: Option<String>,
-    /// A substring of the raw query string (`limit=1`, `labelSelector=`).
-    pub query_contains: Option<String>,
     pub action: FaultAction,
     /// Fire at most this many times (then the rule stays, inert).
     pub times: Option<usize>,
@@ -47,7 +45,6 @@ impl Fault {
             verb: None,
             user: None,
             name: None,
-            query_contains: None,
             action,
             times: None,
         }
@@ -74,10 +71,6 @@ impl Fault {
     }
     pub fn name(mut self, n: &str) -> Fault {
         self.name = Some(n.into());
-        self
-    }
-    pub fn query_contains(mut self, q: &str) -> Fault {
-        self.query_contains = Some(q.into());
         self
     }
     pub fn times(mut self, n: usize) -> Fault {
@@ -121,7 +114,6 @@ pub(crate) struct RequestInfo {
     pub verb: Option<String>,
     pub user: String,
     pub name: Option<String>,
-    pub query: String,
 }
 
 pub(crate) struct ActiveFault {
@@ -146,9 +138,6 @@ impl ActiveFault {
             && f.verb.as_ref().is_none_or(|x| Some(x) == r.verb.as_ref())
             && f.user.as_ref().is_none_or(|x| *x == r.user)
             && f.name.as_ref().is_none_or(|x| Some(x) == r.name.as_ref())
-            && f.query_contains
-                .as_ref()
-                .is_none_or(|q| r.query.contains(q.as_str()))
     }
 }
 

@@ -258,7 +258,6 @@ pub(crate) async fn handle(
         verb: record.verb.clone(),
         user: user.clone(),
         name: record.name.clone(),
-        query: raw_query.clone(),
     };
     let idx = {
         let mut reqs = inner.requests.lock().expect("lock");

@@ -93,11 +93,11 @@ pub struct TreeListError(Arc<kube::Error>);
 /// volumes in one tree).
 type Listed = Result<Arc<Vec<Volume>>, TreeListError>;
 
-/// Coalesced fresh lists of our PVs by [`LABEL_DIRECTORY_TREE`] (see [`list_fresh`]).
+/// Coalesced consistent lists of our PVs by [`LABEL_DIRECTORY_TREE`].
 ///
-/// Each list holds every PV created before it was sent. One per reclaim, each read from
-/// etcd, made deleting with 20 000 PVs in the cluster crawl (3.9 PVs/s); they are now read
-/// from the watch cache and coalesced. A caller's tree joins the next list to be sent; one list at a
+/// Each list is a consistent read, which kube-apiserver serves by reading every PV from
+/// etcd whatever the selector: one per reclaim made deleting with 20 000 PVs in the cluster
+/// crawl (3.9 PVs/s). Here a caller's tree joins the next list to be sent; one list at a
 /// time is in flight, and callers that ask while it is take the one after it. So every
 /// answer comes from a list sent after its caller asked (a PV created before the caller
 /// asked is in it), and a list answers every caller waiting when it was sent (up to
@@ -190,39 +190,16 @@ async fn send_lists(client: Client, state: Arc<Mutex<Waiting>>) {
                 .filter(|t| seen.insert(*t))
                 .collect()
         };
-        let answer = list_fresh(&api, &tree_selector(&trees))
+        let answer = api
+            .list(&ListParams::default().labels(&tree_selector(&trees)))
             .await
-            .map(Arc::new)
+            .map(|list| Arc::new(list.items))
             .map_err(|e| TreeListError(Arc::new(e)));
         for (_, caller) in batch {
             // A caller that gave up (its work was stopped) no longer listens.
             let _ = caller.send(answer.clone());
         }
     }
-}
-
-/// Our PVs matching `selector`, in a list that holds every PV created before this call.
-///
-/// A consistent list (no resourceVersion) holds them, but kube-apiserver serves it by reading
-/// every PV from etcd whatever the selector (up to v1.30, and later with an etcd that cannot
-/// report watch progress, such as 3.4.23): 356 MB of PVs per list with 100 000 in the cluster.
-/// So first the current resourceVersion, from a consistent list of one PV (etcd reads one),
-/// then the list at that resourceVersion, which the watch cache serves ("not older than")
-/// once it has caught up to it: the same guarantee, the way kube-apiserver itself serves
-/// consistent lists from its cache since v1.31. When the cache does not catch up in time
-/// (504, "Too large resource version") or that list fails otherwise, the consistent list.
-async fn list_fresh(api: &Api<Volume>, selector: &str) -> Result<Vec<Volume>, kube::Error> {
-    let consistent = ListParams::default().labels(selector);
-    let now = api.list_metadata(&ListParams::default().limit(1)).await?;
-    if let Some(rv) = now.metadata.resource_version.filter(|rv| !rv.is_empty()) {
-        match api.list(&consistent.clone().at(&rv)).await {
-            Ok(list) => return Ok(list.items),
-            Err(e) => {
-                tracing::debug!(error = %e, rv, "list from the watch cache failed; listing from etcd");
-            }
-        }
-    }
-    Ok(api.list(&consistent).await?.items)
 }
 
 /// Takes the callers of the first `max_trees` distinct trees asked (with every caller of
@@ -285,8 +262,7 @@ mod tests {
             .unwrap();
     }
 
-    /// The queries of the PV lists sent, in order.
-    fn all_pv_lists(fake: &FakeApiServer) -> Vec<String> {
+    fn pv_lists(fake: &FakeApiServer) -> Vec<String> {
         fake.requests()
             .into_iter()
             .filter(|r| {
@@ -294,15 +270,6 @@ mod tests {
                     && r.resource.as_deref() == Some("persistentvolumes")
             })
             .map(|r| r.query)
-            .collect()
-    }
-
-    /// The tree lists sent (each after a list of one PV for the resourceVersion).
-    fn pv_lists(fake: &FakeApiServer) -> Vec<String> {
-        let lists = all_pv_lists(fake);
-        lists
-            .into_iter()
-            .filter(|q| q.contains("labelSelector="))
             .collect()
     }
 
@@ -334,7 +301,6 @@ mod tests {
             Fault::new(FaultAction::Hang)
                 .verb("list")
                 .resource("persistentvolumes")
-                .query_contains("labelSelector=")
                 .times(1),
         );
         let first = ask(&lists, "aaaa").await;
@@ -385,16 +351,14 @@ mod tests {
                 .resource("persistentvolumes")
                 .times(1),
         );
-        let first = ask(&lists, "aaaa").await;
-        held.triggered().await;
-        // The first list is held at its resourceVersion read; the next one fails there.
         fake.add_fault(
             Fault::new(FaultAction::RespondError(500, "InternalError".into()))
                 .verb("list")
                 .resource("persistentvolumes")
-                .query_contains("limit=1")
                 .times(1),
         );
+        let first = ask(&lists, "aaaa").await;
+        held.triggered().await;
         let waiting = [ask(&lists, "aaaa").await, ask(&lists, "bbbb").await];
         fake.remove_fault(&held);
         assert!(first.await.unwrap().is_ok());
@@ -407,66 +371,6 @@ mod tests {
         }
         // The next caller gets a new list.
         assert_eq!(names(&lists.list("aaaa".into()).await), vec!["a"]);
-        fake.shutdown();
-    }
-
-    /// The `resourceVersion` a query asks for, if any.
-    fn asked_rv(query: &str) -> Option<u64> {
-        query
-            .split('&')
-            .find_map(|p| p.strip_prefix("resourceVersion="))
-            .map(|rv| rv.parse().unwrap())
-    }
-
-    #[tokio::test]
-    async fn a_tree_list_is_read_at_the_current_resource_version_not_from_etcd() {
-        let (fake, client) = fake().await;
-        let lists = TreeLists::new(client.clone());
-        create_pv(&client, "just-made", "aaaa").await;
-        let made_at = fake.current_resource_version();
-        assert_eq!(names(&lists.list("aaaa".into()).await), vec!["just-made"]);
-        let sent = all_pv_lists(&fake);
-        assert_eq!(sent.len(), 2, "{sent:?}");
-        assert!(
-            sent[0].contains("limit=1") && asked_rv(&sent[0]).is_none(),
-            "first a consistent list of one PV: {}",
-            sent[0]
-        );
-        let at = asked_rv(&sent[1]).expect("then a list at a resourceVersion");
-        assert!(
-            at >= made_at,
-            "at the resourceVersion the first list answered ({at}), not older than the PV ({made_at})"
-        );
-        assert!(sent[1].contains("labelSelector="), "{}", sent[1]);
-        fake.shutdown();
-    }
-
-    #[tokio::test]
-    async fn a_watch_cache_that_lags_behind_falls_back_to_a_consistent_list() {
-        let (fake, client) = fake().await;
-        // kube's client retries a 504 up to 15 times first (after the server's Retry-After,
-        // 1 s from kube-apiserver); without that here, the test goes straight to what follows.
-        let mut config = kube::Config::new(fake.url().parse().unwrap());
-        config.auth_info.token = Some(fake.token_for("admin").into());
-        config.default_retry = false;
-        let lists = TreeLists::new(Client::try_from(config).unwrap());
-        create_pv(&client, "a", "aaaa").await;
-        // What kube-apiserver answers when its watch cache does not reach the
-        // resourceVersion within 3 s.
-        fake.add_fault(
-            Fault::new(FaultAction::RespondError(504, "Timeout".into()))
-                .verb("list")
-                .resource("persistentvolumes")
-                .query_contains("resourceVersion="),
-        );
-        assert_eq!(names(&lists.list("aaaa".into()).await), vec!["a"]);
-        let sent = all_pv_lists(&fake);
-        assert_eq!(sent.len(), 3, "{sent:?}");
-        assert!(asked_rv(&sent[1]).is_some());
-        assert!(
-            asked_rv(&sent[2]).is_none() && sent[2].contains("labelSelector="),
-            "then the consistent list: {sent:?}"
-        );
         fake.shutdown();
     }
 
