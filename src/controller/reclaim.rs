@@ -215,14 +215,17 @@ async fn apply(
     }
 }
 
-/// Why a Released PV is not released after all: the claim it names (same UID) still exists.
+/// Why a Released PV is not released after all: the claim it names (same UID) still exists
+/// and names no other volume.
 ///
 /// kube-controller-manager marks a PV Released when its claim is missing from its own cache;
 /// a cache behind the API server (seen on a loaded v1.19: a claim created with `volumeName`
 /// before its PV) makes it release a PV whose claim is there and about to bind. Deleting then
 /// would delete that claim's data, so the claim is looked up in the API server first (a list
 /// by name: the provisioner may list claims, not get them). Once the claim binds, the PV is
-/// Bound again; once it is gone, the next reconcile deletes.
+/// Bound again; once it is gone, the next reconcile deletes. A claim bound to another volume
+/// does not hold this one: the binder releases a provisioned PV whose claim went elsewhere,
+/// for its provisioner to delete.
 async fn claim_still_there(ctx: &Context, pv: &Volume) -> Result<Option<String>> {
     let Some(claim) = pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()) else {
         return Ok(None);
@@ -230,21 +233,22 @@ async fn claim_still_there(ctx: &Context, pv: &Volume) -> Result<Option<String>>
     let (Some(namespace), Some(name)) = (claim.namespace.as_deref(), claim.name.as_deref()) else {
         return Ok(None);
     };
-    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
-        Api::namespaced(ctx.client.clone(), namespace);
+    let claims: Api<crate::objects::Claim> = Api::namespaced(ctx.client.clone(), namespace);
     let found = claims
-        .list_metadata(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
+        .list(&kube::api::ListParams::default().fields(&format!("metadata.name={name}")))
         .await?;
-    let same = found.items.iter().any(|c| {
-        claim
+    let pv_name = pv.name_any();
+    let holds_this_volume = found.items.iter().any(|c| {
+        let same_claim = claim
             .uid
             .as_deref()
-            .is_none_or(|uid| uid.is_empty() || c.metadata.uid.as_deref() == Some(uid))
+            .is_none_or(|uid| uid.is_empty() || c.metadata.uid.as_deref() == Some(uid));
+        let volume = c.spec.as_ref().and_then(|s| s.volume_name.as_deref());
+        same_claim && volume.is_none_or(|v| v.is_empty() || v == pv_name)
     });
-    Ok(same.then(|| {
+    Ok(holds_this_volume.then(|| {
         format!(
-            "PV {} is Released but its claim {namespace}/{name} still exists: not deleted; the binder's cache was behind, and the claim will bind to it again",
-            pv.name_any()
+            "PV {pv_name} is Released but its claim {namespace}/{name} still exists: not deleted; the binder's cache was behind, and the claim will bind to it again"
         )
     }))
 }

@@ -4,7 +4,9 @@
 //! injected API errors, expired watches, and the v1.19 control plane's behaviour.
 
 use fake_apiserver::{Fault, FaultAction, Options};
-use kube::ResourceExt;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use kube::{Api, ResourceExt};
 
 use crate::cluster::{PROVISIONER_USER, TestCluster, entries};
 use crate::provisioner::RunningProvisioner;
@@ -641,6 +643,39 @@ async fn a_claim_is_provisioned_while_more_reclaims_wait_than_there_are_workers(
     p.stop();
 }
 
+/// A claim `data` whose volume is a Go-provisioner PV of `class` (its directory holding a
+/// file `data`), the PV marked Released as a binder behind the API server would mark it.
+/// The claim names `claim_volume` (the PV itself when `None`). Returns the PV's name and its
+/// directory beneath `root`.
+async fn released_by_a_binder_behind(
+    c: &TestCluster,
+    root: &std::path::Path,
+    class: &str,
+    claim_volume: Option<&str>,
+) -> (String, std::path::PathBuf) {
+    let fake = c.fake_server().unwrap();
+    // The binder is behind: it binds nothing while the scene is set.
+    fake.pause_controller_manager(true);
+    let pv_name = format!("{}-data-legacy", c.namespace);
+    let mut pvc = TestCluster::claim("data", class);
+    pvc.spec.as_mut().unwrap().volume_name = Some(claim_volume.unwrap_or(&pv_name).to_string());
+    let created = c.create_claim(&pvc).await;
+    let dir = format!("{}-data-{pv_name}", c.namespace);
+    std::fs::create_dir(root.join(&dir)).unwrap();
+    std::fs::write(root.join(&dir).join("data"), b"keep").unwrap();
+    let pv =
+        crate::scenarios::legacy_volume(c, &pv_name, "data", &created.uid().unwrap(), class, &dir);
+    c.volumes()
+        .create(&kube::api::PostParams::default(), &pv)
+        .await
+        .expect("PV");
+    fake.modify_object(fake_apiserver::Kind::PersistentVolume, "", &pv_name, |pv| {
+        pv["status"] = serde_json::json!({"phase": "Released"});
+    })
+    .expect("PV stored");
+    (pv_name, root.join(dir))
+}
+
 /// kube-controller-manager marks a PV Released when its claim is missing from its own cache:
 /// a loaded v1.19 did so to a claim created with `volumeName` before its PV, and the
 /// provisioner then deleted that claim's data. A Released PV whose claim (same UID) is still
@@ -656,44 +691,29 @@ async fn a_released_volume_whose_claim_still_exists_is_not_deleted() {
     let mut options = c.provisioner_options(root.path());
     options.extra_args = vec!["--resync-period".into(), "2s".into()];
     let p = RunningProvisioner::start(&options, c.provisioner_config());
-    // The binder is behind: it binds nothing while the scene is set.
-    fake.pause_controller_manager(true);
-    let pv_name = format!("{}-data-legacy", c.namespace);
-    let mut pvc = TestCluster::claim("data", &class);
-    pvc.spec.as_mut().unwrap().volume_name = Some(pv_name.clone());
-    let created = c.create_claim(&pvc).await;
-    let dir = format!("{}-data-{pv_name}", c.namespace);
-    std::fs::create_dir(root.path().join(&dir)).unwrap();
-    std::fs::write(root.path().join(&dir).join("data"), b"keep").unwrap();
-    let pv = crate::scenarios::legacy_volume(
-        &c,
-        &pv_name,
-        "data",
-        &created.uid().unwrap(),
-        &class,
-        &dir,
-    );
-    c.volumes()
-        .create(&kube::api::PostParams::default(), &pv)
-        .await
-        .expect("PV");
-    fake.modify_object(fake_apiserver::Kind::PersistentVolume, "", &pv_name, |pv| {
-        pv["status"] = serde_json::json!({"phase": "Released"});
-    })
-    .expect("PV stored");
+    let (pv_name, dir) = released_by_a_binder_behind(&c, root.path(), &class, None).await;
 
     let note = c
         .wait_volume_event(&pv_name, "VolumeClaimStillExists")
         .await;
     assert!(note.contains("still exists"), "{note}");
-    // Two more resyncs: still kept.
-    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    // Looked at again by a later resync (the Warning repeated): still kept.
+    c.eventually("the Warning repeated by a later resync", || async {
+        Api::<Event>::all(c.client.clone())
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(&pv_name))
+            .filter(|e| e.reason.as_deref() == Some("VolumeClaimStillExists"))
+            .any(|e| e.series.is_some_and(|s| s.count >= 2))
+            .then_some(())
+    })
+    .await;
     let kept = c.volumes().get(&pv_name).await.expect("the PV is kept");
     assert!(kept.metadata.deletion_timestamp.is_none());
-    assert_eq!(
-        std::fs::read(root.path().join(&dir).join("data")).unwrap(),
-        b"keep"
-    );
+    assert_eq!(std::fs::read(dir.join("data")).unwrap(), b"keep");
 
     // The claim goes: now the PV is released indeed, and its class deletes it.
     fake.delete_object(
@@ -705,9 +725,34 @@ async fn a_released_volume_whose_claim_still_exists_is_not_deleted() {
     // (pv-protection, a controller of the binder's process, lets the deleted PV go.)
     fake.pause_controller_manager(false);
     c.wait_volume_gone(&pv_name).await;
-    assert!(
-        !root.path().join(&dir).exists(),
-        "deleted as its class says"
-    );
+    assert!(!dir.exists(), "deleted as its class says");
+    p.stop();
+}
+
+/// The binder also releases a provisioned PV whose claim was bound to another volume: that
+/// claim does not hold this PV, which its class deletes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_volume_whose_claim_went_to_another_volume_is_deleted() {
+    let c = TestCluster::fake(Options::default()).await;
+    let fake = c.fake_server().unwrap();
+    let root = tempfile::tempdir().unwrap();
+    let class = c
+        .create_class("elsewhere", &[("archiveOnDelete", "false")], "Delete")
+        .await;
+    let p = RunningProvisioner::start(&c.provisioner_options(root.path()), c.provisioner_config());
+    let other = format!("{}-another-volume", c.namespace);
+    let (pv_name, dir) = released_by_a_binder_behind(&c, root.path(), &class, Some(&other)).await;
+    fake.pause_controller_manager(false);
+    c.wait_volume_gone(&pv_name).await;
+    assert!(!dir.exists(), "deleted as its class says");
+    let kept_events: Vec<_> = Api::<Event>::all(c.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("VolumeClaimStillExists"))
+        .collect();
+    assert!(kept_events.is_empty(), "{kept_events:?}");
     p.stop();
 }
